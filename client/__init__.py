@@ -1,0 +1,42 @@
+"""The Python client of improv-store.
+
+    from improv_store.client import StoreClient
+    with StoreClient() as store:
+        oid = store.put(frame, name="acq_raw1")
+        frame = store.get(oid)
+"""
+
+from .errors import (
+    DataCorrupted,
+    HistoryUnavailable,
+    InvalidRequest,
+    ObjectExists,
+    ObjectNotFound,
+    PermissionDenied,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+    WaitTimeout,
+)
+from .ids import ObjectID
+from .models import Event, ObjectInfo, StoreInfo
+from .store_client import StoreClient, Subscription
+
+__all__ = [
+    "DataCorrupted",
+    "Event",
+    "HistoryUnavailable",
+    "InvalidRequest",
+    "ObjectExists",
+    "ObjectID",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "PermissionDenied",
+    "StoreClient",
+    "StoreError",
+    "StoreFull",
+    "StoreInfo",
+    "StoreUnavailable",
+    "Subscription",
+    "WaitTimeout",
+]

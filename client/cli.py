@@ -1,0 +1,236 @@
+"""People's tools on the ``improv-store`` command: put, get, ls, rm, watch, info, health.
+
+Exit codes: 0 success, 1 object not found (or health not SERVING), 2 usage,
+3 store unreachable, 4 any other store error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pprint
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .errors import ObjectNotFound, StoreError, StoreUnavailable
+from .ids import ObjectID
+from .models import Event, ObjectInfo
+from .store_client import StoreClient, Ref, normalize_address
+
+EXIT_NOT_FOUND = 1
+EXIT_UNREACHABLE = 3
+EXIT_STORE_ERROR = 4
+
+_HEX_ID = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the client commands on the top-level ``improv-store`` parser."""
+
+    def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument(
+            "--address", default=None,
+            help="store address: unix socket path, unix:///path or host:port"
+                 " (default $IMPROV_STORE_ADDRESS, else unix:///tmp/improv-store.sock)",
+        )
+        parser.set_defaults(handler=_guarded(handler))
+        return parser
+
+    p = command("put", _put, "store a file (or stdin) as an object; prints its ID")
+    p.add_argument("file", help="file to store, or - for stdin; .npy files are stored as arrays")
+    p.add_argument("--name", help="name to store it under")
+    p.add_argument("--replace", action="store_true", help="delete older objects with the name")
+
+    p = command("get", _get, "fetch an object by ID (40 hex digits) or name")
+    p.add_argument("ref", help="object ID in hex, or a name (newest object with it)")
+    p.add_argument("-o", "--output", help="write to this file (arrays as .npy); default stdout")
+    p.add_argument("--wait", type=float, default=None, help="seconds to wait for it to appear")
+
+    p = command("ls", _ls, "list objects, oldest first")
+    p.add_argument("prefix", nargs="?", default="", help="only names starting with this")
+
+    p = command("rm", _rm, "delete objects by ID, or every object with a name")
+    p.add_argument("refs", nargs="+", help="object IDs in hex, or names")
+
+    p = command("watch", _watch, "print changes as they happen (Ctrl-C to stop)")
+    p.add_argument("prefix", nargs="?", default="", help="only names starting with this")
+    p.add_argument("--since", type=int, default=None, help="replay history from this sequence")
+    p.add_argument("--count", type=int, default=None, help="stop after this many events")
+
+    command("info", _info, "show the server's version, limits and usage")
+    command("health", _health, "exit 0 when the server reports SERVING")
+
+
+def _guarded(handler: Callable[[StoreClient, argparse.Namespace], int]) -> Callable[..., int]:
+    """Run a command with a client, turning store errors into messages and exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with StoreClient(args.address) as store:
+                return handler(store, args)
+        except ObjectNotFound as exc:
+            _error(str(exc))
+            return EXIT_NOT_FOUND
+        except StoreUnavailable as exc:
+            _error(f"cannot reach the store: {exc}")
+            return EXIT_UNREACHABLE
+        except StoreError as exc:
+            _error(f"{exc.code.name}: {exc}")
+            return EXIT_STORE_ERROR
+        except KeyboardInterrupt:
+            return 0
+
+    return run
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"improv-store: {message}\n")
+
+
+def parse_ref(text: str) -> Ref:
+    """40 hex digits are an object ID; anything else is a name."""
+    return ObjectID.from_hex(text) if _HEX_ID.fullmatch(text) else text
+
+
+def _put(store: StoreClient, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        obj: Any = sys.stdin.buffer.read()
+    elif args.file.endswith(".npy"):
+        obj = np.load(args.file, allow_pickle=False)
+    else:
+        with open(args.file, "rb") as handle:
+            obj = handle.read()
+    if args.replace:
+        if not args.name:
+            _error("--replace needs --name")
+            return 2
+        object_id = store.replace(args.name, obj)
+    else:
+        object_id = store.put(obj, name=args.name)
+    print(object_id.hex())
+    return 0
+
+
+def _get(store: StoreClient, args: argparse.Namespace) -> int:
+    obj = store.get(parse_ref(args.ref), timeout=args.wait)
+    if isinstance(obj, np.ndarray):
+        if args.output:
+            np.save(args.output, obj)
+        elif sys.stdout.isatty():
+            print(obj)
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, obj)
+            sys.stdout.buffer.write(buffer.getvalue())
+    elif isinstance(obj, bytes):
+        if args.output:
+            with open(args.output, "wb") as handle:
+                handle.write(obj)
+        else:
+            sys.stdout.buffer.write(obj)
+    else:
+        text = pprint.pformat(obj)
+        if args.output:
+            with open(args.output, "w") as handle:
+                handle.write(text + "\n")
+        else:
+            print(text)
+    return 0
+
+
+def _ls(store: StoreClient, args: argparse.Namespace) -> int:
+    print(f"{'ID':40}  {'SEQ':>8}  {'SIZE':>10}  {'ENCODING':8}  {'CREATED':19}  NAME")
+    for info in store.list(args.prefix):
+        print(_object_line(info))
+    return 0
+
+
+def _object_line(info: ObjectInfo) -> str:
+    kind = info.encoding
+    if info.dtype:
+        kind = f"{info.dtype}{list(info.shape or ())}"
+    created = info.created.strftime("%Y-%m-%d %H:%M:%S")
+    return (f"{info.id.hex()}  {info.sequence:>8}  {_size(info.size):>10}  {kind:8}  {created}"
+            f"  {info.name}")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def _rm(store: StoreClient, args: argparse.Namespace) -> int:
+    missing = 0
+    for text in args.refs:
+        try:
+            for object_id in store.delete(parse_ref(text)):
+                print(f"deleted {object_id.hex()}")
+        except ObjectNotFound as exc:
+            _error(str(exc))
+            missing += 1
+    return EXIT_NOT_FOUND if missing else 0
+
+
+def _watch(store: StoreClient, args: argparse.Namespace) -> int:
+    with store.subscribe(args.prefix, since=args.since) as events:
+        for count, event in enumerate(events, start=1):
+            print(_event_line(event), flush=True)
+            if args.count is not None and count >= args.count:
+                break
+    return 0
+
+
+def _event_line(event: Event) -> str:
+    info = event.object
+    line = (f"{event.sequence:>8}  {event.time.strftime('%H:%M:%S.%f')[:-3]}  {event.type:7}"
+            f"  {info.id.hex()}  {_size(info.size):>10}  {info.name}")
+    if event.replaced:
+        line += f"  (replaced {len(event.replaced)})"
+    return line
+
+
+def _info(store: StoreClient, args: argparse.Namespace) -> int:
+    info = store.info()
+    rows = [
+        ("address", store.address),
+        ("version", info.version),
+        ("durability", info.durability),
+        ("objects", str(info.object_count)),
+        ("bytes", f"{info.total_bytes} ({_size(info.total_bytes)})"),
+        ("last sequence", str(info.last_sequence)),
+        ("committed sequence", str(info.committed_sequence)),
+        ("oldest replayable", str(info.oldest_sequence)),
+        ("subscribers", str(info.subscriber_count)),
+        ("started", info.started.isoformat(timespec="seconds")),
+        ("max object size", _size(info.max_object_size)),
+        ("inline limit", _size(info.inline_limit)),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':20} {value}")
+    return 0
+
+
+def _health(store: StoreClient, args: argparse.Namespace) -> int:
+    address = normalize_address(
+        args.address or os.environ.get("IMPROV_STORE_ADDRESS", "unix:///tmp/improv-store.sock")
+    )
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        except grpc.RpcError as exc:
+            raise StoreUnavailable(exc.details() or exc.code().name) from None
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(name)
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else EXIT_NOT_FOUND

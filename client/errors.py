@@ -1,0 +1,116 @@
+"""Typed exceptions for the statuses the store returns."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StoreError(Exception):
+    """Base of every error the store client raises; ``code`` is the gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ObjectNotFound(StoreError, KeyError):
+    """No object with that ID or name."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:  # KeyError would print the repr
+        return self.message
+
+
+class ObjectExists(StoreError):
+    """An object with that ID is already stored."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class InvalidRequest(StoreError, ValueError):
+    """The request was malformed (bad ID, dtype/shape not matching the bytes, long name...)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class StoreFull(StoreError):
+    """A size or capacity limit: object too large, store or disk full, too many streams."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class WaitTimeout(StoreError, TimeoutError):
+    """The object did not appear within the wait."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class HistoryUnavailable(StoreError):
+    """Subscribe asked for history older than the server retains."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+    def __init__(self, message: str, oldest_sequence: int | None = None) -> None:
+        super().__init__(message)
+        self.oldest_sequence = oldest_sequence
+
+
+class DataCorrupted(StoreError):
+    """A payload no longer matches its checksum."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The server cannot be reached or is shutting down."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class PermissionDenied(StoreError, PermissionError):
+    """The server refused access."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
+    cls.code: cls
+    for cls in (ObjectNotFound, ObjectExists, InvalidRequest, StoreFull, WaitTimeout,
+                HistoryUnavailable, DataCorrupted, StoreUnavailable, PermissionDenied)
+}
+
+
+def error_for(code: grpc.StatusCode, message: str) -> StoreError:
+    """The typed exception for a status code and message."""
+    cls = _BY_CODE.get(code, StoreError)
+    return cls(message) if cls is not StoreError else StoreError(message, code)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> StoreError:
+    """Translate a failed call into its typed exception."""
+    code = exc.code()
+    message = exc.details() or code.name
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        oldest = _trailer(exc, "improv-store-oldest-sequence")
+        return HistoryUnavailable(message, int(oldest) if oldest else None)
+    return error_for(code, message)
+
+
+def _trailer(exc: grpc.RpcError, key: str) -> str | None:
+    for name, value in exc.trailing_metadata() or ():
+        if name == key:
+            return value
+    return None
+
+
+def resume_sequence(exc: grpc.RpcError) -> int | None:
+    """Where a subscriber cut off for falling behind should resume, if that is why it ended."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    value = _trailer(exc, "improv-store-resume-sequence")
+    return int(value) if value else None

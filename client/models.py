@@ -1,0 +1,112 @@
+"""Plain Python views of the store's metadata, info and events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from improv_store.v1 import store_pb2 as pb
+
+from .ids import ObjectID
+
+_ENCODINGS = {pb.ENCODING_RAW: "raw", pb.ENCODING_NDARRAY: "ndarray", pb.ENCODING_PICKLE: "pickle"}
+_EVENT_TYPES = {pb.EVENT_TYPE_PUT: "put", pb.EVENT_TYPE_DELETE: "delete",
+                pb.EVENT_TYPE_REPLACE: "replace"}
+_DURABILITY = {pb.DURABILITY_SYNC: "sync", pb.DURABILITY_ASYNC: "async",
+               pb.DURABILITY_NONE: "none"}
+
+
+def _time(stamp: object) -> datetime:
+    return stamp.ToDatetime(tzinfo=timezone.utc)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Metadata of one stored object."""
+
+    id: ObjectID
+    name: str
+    size: int
+    encoding: str
+    sequence: int
+    created: datetime
+    crc32c: int
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    order: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, meta: pb.ObjectMeta) -> ObjectInfo:
+        is_array = meta.encoding == pb.ENCODING_NDARRAY
+        return cls(
+            id=ObjectID(meta.id),
+            name=meta.name,
+            size=meta.size,
+            encoding=_ENCODINGS.get(meta.encoding, "raw"),
+            sequence=meta.sequence,
+            created=_time(meta.create_time),
+            crc32c=meta.crc32c,
+            dtype=meta.array.dtype if is_array else None,
+            shape=tuple(meta.array.shape) if is_array else None,
+            order=("F" if meta.array.order == pb.ARRAY_ORDER_F else "C") if is_array else None,
+            labels=dict(meta.labels),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change: ``type`` is "put", "delete" or "replace"."""
+
+    sequence: int
+    type: str
+    object: ObjectInfo
+    replaced: tuple[ObjectID, ...]
+    time: datetime
+
+    @classmethod
+    def from_proto(cls, event: pb.Event) -> Event:
+        return cls(
+            sequence=event.sequence,
+            type=_EVENT_TYPES.get(event.type, "unknown"),
+            object=ObjectInfo.from_proto(event.meta),
+            replaced=tuple(ObjectID(raw) for raw in event.replaced_ids),
+            time=_time(event.time),
+        )
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What ``Info`` reports about a server."""
+
+    version: str
+    durability: str
+    object_count: int
+    total_bytes: int
+    last_sequence: int
+    oldest_sequence: int
+    committed_sequence: int
+    subscriber_count: int
+    started: datetime
+    max_object_size: int
+    inline_limit: int
+    max_name_length: int
+    max_batch_size: int
+
+    @classmethod
+    def from_proto(cls, info: pb.InfoResponse) -> StoreInfo:
+        return cls(
+            version=info.version,
+            durability=_DURABILITY.get(info.durability, "unknown"),
+            object_count=info.object_count,
+            total_bytes=info.total_bytes,
+            last_sequence=info.last_sequence,
+            oldest_sequence=info.oldest_sequence,
+            committed_sequence=info.committed_sequence,
+            subscriber_count=info.subscriber_count,
+            started=_time(info.start_time),
+            max_object_size=info.limits.max_object_size,
+            inline_limit=info.limits.inline_limit,
+            max_name_length=info.limits.max_name_length,
+            max_batch_size=info.limits.max_batch_size,
+        )

@@ -1,0 +1,346 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_UNSPECIFIED: _ClassVar[Encoding]
+    ENCODING_RAW: _ClassVar[Encoding]
+    ENCODING_NDARRAY: _ClassVar[Encoding]
+    ENCODING_PICKLE: _ClassVar[Encoding]
+
+class ArrayOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARRAY_ORDER_UNSPECIFIED: _ClassVar[ArrayOrder]
+    ARRAY_ORDER_C: _ClassVar[ArrayOrder]
+    ARRAY_ORDER_F: _ClassVar[ArrayOrder]
+
+class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DURABILITY_UNSPECIFIED: _ClassVar[Durability]
+    DURABILITY_SYNC: _ClassVar[Durability]
+    DURABILITY_ASYNC: _ClassVar[Durability]
+    DURABILITY_NONE: _ClassVar[Durability]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_PUT: _ClassVar[EventType]
+    EVENT_TYPE_DELETE: _ClassVar[EventType]
+    EVENT_TYPE_REPLACE: _ClassVar[EventType]
+ENCODING_UNSPECIFIED: Encoding
+ENCODING_RAW: Encoding
+ENCODING_NDARRAY: Encoding
+ENCODING_PICKLE: Encoding
+ARRAY_ORDER_UNSPECIFIED: ArrayOrder
+ARRAY_ORDER_C: ArrayOrder
+ARRAY_ORDER_F: ArrayOrder
+DURABILITY_UNSPECIFIED: Durability
+DURABILITY_SYNC: Durability
+DURABILITY_ASYNC: Durability
+DURABILITY_NONE: Durability
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_PUT: EventType
+EVENT_TYPE_DELETE: EventType
+EVENT_TYPE_REPLACE: EventType
+
+class ArrayLayout(_message.Message):
+    __slots__ = ("dtype", "shape", "order")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    order: ArrayOrder
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., order: _Optional[_Union[ArrayOrder, str]] = ...) -> None: ...
+
+class ObjectSpec(_message.Message):
+    __slots__ = ("id", "name", "encoding", "array", "crc32c", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    name: str
+    encoding: Encoding
+    array: ArrayLayout
+    crc32c: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[bytes] = ..., name: _Optional[str] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., array: _Optional[_Union[ArrayLayout, _Mapping]] = ..., crc32c: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ObjectMeta(_message.Message):
+    __slots__ = ("id", "name", "size", "encoding", "array", "create_time", "sequence", "crc32c", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    name: str
+    size: int
+    encoding: Encoding
+    array: ArrayLayout
+    create_time: _timestamp_pb2.Timestamp
+    sequence: int
+    crc32c: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[bytes] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., array: _Optional[_Union[ArrayLayout, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., crc32c: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    name: str
+    def __init__(self, id: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class PutRequest(_message.Message):
+    __slots__ = ("spec", "data")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    spec: ObjectSpec
+    data: bytes
+    def __init__(self, spec: _Optional[_Union[ObjectSpec, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutResponse(_message.Message):
+    __slots__ = ("meta",)
+    META_FIELD_NUMBER: _ClassVar[int]
+    meta: ObjectMeta
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ...) -> None: ...
+
+class PutStreamHeader(_message.Message):
+    __slots__ = ("spec", "size", "replace")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    spec: ObjectSpec
+    size: int
+    replace: bool
+    def __init__(self, spec: _Optional[_Union[ObjectSpec, _Mapping]] = ..., size: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class PutStreamRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PutStreamHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[PutStreamHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PutStreamResponse(_message.Message):
+    __slots__ = ("meta", "replaced_ids")
+    META_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_IDS_FIELD_NUMBER: _ClassVar[int]
+    meta: ObjectMeta
+    replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("ref", "wait", "metadata_only")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ref: ObjectRef
+    wait: _duration_pb2.Duration
+    metadata_only: bool
+    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metadata_only: _Optional[bool] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("meta", "data", "payload_omitted")
+    META_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    meta: ObjectMeta
+    data: bytes
+    payload_omitted: bool
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ...) -> None: ...
+
+class GetStreamRequest(_message.Message):
+    __slots__ = ("ref", "wait", "chunk_size")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ref: ObjectRef
+    wait: _duration_pb2.Duration
+    chunk_size: int
+    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class GetStreamResponse(_message.Message):
+    __slots__ = ("meta", "chunk")
+    META_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    meta: ObjectMeta
+    chunk: bytes
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class BatchGetRequest(_message.Message):
+    __slots__ = ("refs", "wait")
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    refs: _containers.RepeatedCompositeFieldContainer[ObjectRef]
+    wait: _duration_pb2.Duration
+    def __init__(self, refs: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BatchGetResult(_message.Message):
+    __slots__ = ("code", "message", "meta", "data", "payload_omitted")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    meta: ObjectMeta
+    data: bytes
+    payload_omitted: bool
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ...) -> None: ...
+
+class BatchGetResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchGetResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchGetResult, _Mapping]]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: ObjectRef
+    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted_ids",)
+    DELETED_IDS_FIELD_NUMBER: _ClassVar[int]
+    deleted_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, deleted_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ReplaceRequest(_message.Message):
+    __slots__ = ("spec", "data")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    spec: ObjectSpec
+    data: bytes
+    def __init__(self, spec: _Optional[_Union[ObjectSpec, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ReplaceResponse(_message.Message):
+    __slots__ = ("meta", "replaced_ids")
+    META_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_IDS_FIELD_NUMBER: _ClassVar[int]
+    meta: ObjectMeta
+    replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("prefix", "page_size", "page_token")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    page_size: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("objects", "next_page_token")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectMeta]
+    next_page_token: str
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectMeta, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size")
+    MAX_OBJECT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NAME_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    max_object_size: int
+    inline_limit: int
+    max_name_length: int
+    max_batch_size: int
+    max_message_size: int
+    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    durability: Durability
+    limits: Limits
+    object_count: int
+    total_bytes: int
+    last_sequence: int
+    oldest_sequence: int
+    committed_sequence: int
+    start_time: _timestamp_pb2.Timestamp
+    subscriber_count: int
+    def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("prefix", "since_sequence")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    since_sequence: int
+    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("sequence", "type", "meta", "replaced_ids", "time")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_IDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    type: EventType
+    meta: ObjectMeta
+    replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, sequence: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SubscribeResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...

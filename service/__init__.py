@@ -1,0 +1,1 @@
+"""The improv-store server: object table, LMDB durability, event log, gRPC servicer."""

@@ -1,0 +1,133 @@
+"""The background writer: batches changes into LMDB transactions (group commit).
+
+In ``sync`` mode a writer waits on the ticket of the batch its change joined;
+whatever arrives while one transaction is being fsynced forms the next batch,
+so N concurrent writers pay far fewer than N fsyncs. In ``async`` mode the
+batch is committed every interval and nobody waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from .durability import Change, LmdbBackend
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAY = 0.5
+
+
+class Ticket:
+    """Completion of one batch: set when it is on disk, or failed with the reason."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: StoreError | None = None
+
+    def resolve(self, error: StoreError | None = None) -> None:
+        self._error = error
+        self._done.set()
+
+    def wait(self) -> None:
+        """Block until the batch is committed; raise the commit's error if it failed."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class Committer:
+    """Owns the one thread that writes to LMDB."""
+
+    def __init__(
+        self,
+        backend: LmdbBackend,
+        *,
+        group_commit: bool,
+        interval: float,
+        on_commit: Callable[[int], None],
+    ) -> None:
+        self._backend = backend
+        self._group_commit = group_commit
+        self._interval = interval
+        self._on_commit = on_commit
+        self._cond = threading.Condition()
+        self._pending: list[Change] = []
+        self._ticket = Ticket()
+        self._flush_requested = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="lmdb-committer", daemon=True)
+        self._thread.start()
+
+    def submit(self, change: Change) -> Ticket:
+        """Queue a change (in sequence order) and return the ticket of its batch."""
+        with self._cond:
+            self._pending.append(change)
+            if self._group_commit:
+                self._cond.notify()
+            return self._ticket
+
+    def flush(self) -> None:
+        """Commit everything queued so far and wait for it."""
+        with self._cond:
+            if not self._pending:
+                return
+            ticket = self._ticket
+            self._flush_requested = True
+            self._cond.notify()
+        ticket.wait()
+
+    def close(self) -> None:
+        """Commit what is queued and stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._wait_for_batch()
+                if not self._pending and self._closing:
+                    return
+                batch, self._pending = self._pending, []
+                ticket, self._ticket = self._ticket, Ticket()
+                self._flush_requested = False
+            if batch:
+                self._commit(batch, ticket)
+
+    def _wait_for_batch(self) -> None:
+        if self._group_commit:
+            while not self._pending and not self._closing:
+                self._cond.wait()
+            return
+        deadline = time.monotonic() + self._interval
+        while not (self._closing or self._flush_requested):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _commit(self, batch: list[Change], ticket: Ticket) -> None:
+        """Write one batch; on failure tell its waiters and retry until it lands."""
+        while True:
+            try:
+                self._backend.write(batch)
+            except Exception as exc:
+                error = exc if isinstance(exc, StoreError) else StoreError(
+                    grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
+                log.error("commit of %d changes failed (retrying): %s", len(batch), exc)
+                ticket.resolve(error)
+                if self._closing:
+                    log.error("giving up on %d uncommitted changes at shutdown", len(batch))
+                    return
+                time.sleep(_RETRY_DELAY)
+                continue
+            ticket.resolve()
+            self._on_commit(batch[-1].event.sequence)
+            return

@@ -1,0 +1,122 @@
+"""Server configuration: one dataclass, filled from flags or IMPROV_STORE_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+DURABILITY_MODES = ("sync", "async", "none")
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a server needs to start; defaults suit one improv rig."""
+
+    socket: str = "/tmp/improv-store.sock"
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./improv-store-data"
+    durability: str = "async"
+    commit_interval: float = 0.1
+    max_object_size: int = 2 * GiB
+    inline_limit: int = 4 * MiB
+    max_message_size: int = 32 * MiB
+    max_name_length: int = 256
+    max_batch_size: int = 1024
+    event_retention: int = 100_000
+    subscriber_buffer: int = 10_000
+    max_subscribers: int = 64
+    max_workers: int = 128
+    initial_map_size: int = 1 * GiB
+    shutdown_grace: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {self.durability!r}")
+        if not self.socket and not self.listen:
+            raise ValueError("nothing to listen on: give --socket or --listen")
+        if self.inline_limit + MiB > self.max_message_size:
+            raise ValueError("inline_limit must leave 1 MiB of headroom below max_message_size")
+        if self.commit_interval <= 0:
+            raise ValueError("commit_interval must be positive")
+        if self.event_retention < 1 or self.subscriber_buffer < 1:
+            raise ValueError("event_retention and subscriber_buffer must be at least 1")
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as ``512``, ``64M``, ``2GiB`` or ``1.5g``."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number = cleaned.rstrip("kmgt")
+    unit = cleaned[len(number):]
+    if unit not in units or not number:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)")
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)") from None
+
+
+def _env(name: str, default: object) -> object:
+    """The IMPROV_STORE_<NAME> variable if set, else the default."""
+    return os.environ.get("IMPROV_STORE_" + name.upper(), default)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per ServerConfig field; each defaults to its environment variable."""
+    d = ServerConfig()
+    add = parser.add_argument
+    add("--socket", default=_env("socket", d.socket),
+        help="unix socket path; empty to disable (IMPROV_STORE_SOCKET)")
+    add("--listen", default=_env("listen", d.listen),
+        help="TCP host:port; empty to disable (IMPROV_STORE_LISTEN)")
+    add("--data-dir", default=_env("data_dir", d.data_dir),
+        help="LMDB directory (IMPROV_STORE_DATA_DIR)")
+    add("--durability", choices=DURABILITY_MODES, default=_env("durability", d.durability),
+        help="sync: fsync before replying; async: commit every interval; none: memory only"
+             " (IMPROV_STORE_DURABILITY)")
+    add("--commit-interval", type=float, default=_env("commit_interval", d.commit_interval),
+        help="seconds between background commits in async mode (IMPROV_STORE_COMMIT_INTERVAL)")
+    add("--max-object-size", type=parse_size, default=_env("max_object_size", d.max_object_size),
+        help="largest payload accepted, e.g. 2G (IMPROV_STORE_MAX_OBJECT_SIZE)")
+    add("--event-retention", type=int, default=_env("event_retention", d.event_retention),
+        help="events kept for Subscribe replay (IMPROV_STORE_EVENT_RETENTION)")
+    add("--subscriber-buffer", type=int, default=_env("subscriber_buffer", d.subscriber_buffer),
+        help="events buffered per subscriber before it is cut off"
+             " (IMPROV_STORE_SUBSCRIBER_BUFFER)")
+    add("--max-subscribers", type=int, default=_env("max_subscribers", d.max_subscribers),
+        help="concurrent Subscribe streams (IMPROV_STORE_MAX_SUBSCRIBERS)")
+    add("--max-workers", type=int, default=_env("max_workers", d.max_workers),
+        help="server threads; each open stream holds one (IMPROV_STORE_MAX_WORKERS)")
+    add("--initial-map-size", type=parse_size, default=_env("initial_map_size", d.initial_map_size),
+        help="starting LMDB map size; it grows on demand (IMPROV_STORE_INITIAL_MAP_SIZE)")
+    add("--log-level", default=_env("log_level", d.log_level),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+        help="logging threshold (IMPROV_STORE_LOG_LEVEL)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Build a ServerConfig from parsed ``serve`` arguments.
+
+    argparse applies each flag's type to a string default too, so values that
+    came from the environment arrive converted.
+    """
+    return ServerConfig(
+        socket=args.socket,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        durability=args.durability,
+        commit_interval=float(args.commit_interval),
+        max_object_size=args.max_object_size,
+        event_retention=int(args.event_retention),
+        subscriber_buffer=int(args.subscriber_buffer),
+        max_subscribers=int(args.max_subscribers),
+        max_workers=int(args.max_workers),
+        initial_map_size=args.initial_map_size,
+        log_level=args.log_level,
+    )
+

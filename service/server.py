@@ -1,0 +1,135 @@
+"""Run a store behind a gRPC server with health checking and reflection."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from improv_store import __version__
+from improv_store.v1 import store_pb2, store_pb2_grpc
+
+from .config import ServerConfig
+from .servicer import StoreServicer
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
+
+
+class StoreServer:
+    """A Store plus the gRPC server exposing it; start(), then stop() once."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        if config.socket:
+            _clear_stale_socket(config.socket)
+        self.store = Store(config)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_size),
+            ("grpc.max_send_message_length", config.max_message_size),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+            options=options,
+        )
+        store_pb2_grpc.add_StoreServiceServicer_to_server(StoreServicer(self.store), self._grpc)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self.addresses: list[str] = []
+        try:
+            if config.socket:
+                self._bind("unix:" + os.path.abspath(config.socket))
+            if config.listen:
+                self._bind(config.listen)
+        except Exception:
+            self.store.close()
+            raise
+
+    def _bind(self, address: str) -> None:
+        try:
+            port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {address}: {exc}") from None
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {address}")
+        self.addresses.append(address)
+
+    def start(self) -> None:
+        self._grpc.start()
+        if self.config.socket:
+            os.chmod(self.config.socket, 0o600)
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "improv-store %s serving on %s (durability %s, data %s)",
+            __version__, ", ".join(self.addresses), self.config.durability,
+            os.path.abspath(self.config.data_dir) if self.config.durability != "none" else "-",
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight calls finish, flush to disk, remove the socket."""
+        log.info("shutting down")
+        self._health.enter_graceful_shutdown()
+        self.store.begin_shutdown()
+        self._grpc.stop(self.config.shutdown_grace).wait()
+        self.store.close()
+        if self.config.socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.socket)
+        log.info("stopped")
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse to steal a live one."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise RuntimeError(f"{path} exists and is not a usable socket: {exc}") from None
+    finally:
+        probe.close()
+    raise RuntimeError(f"another server is already listening on {path}")
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly; return the exit code."""
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    try:
+        server = StoreServer(config)
+    except (RuntimeError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        stop_requested.wait()
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,118 @@
+"""Fan-out of live events to subscribers, each with a bounded buffer.
+
+Publishing never blocks: a subscriber whose buffer is full is marked as
+overflowed and cut off once it has drained what it holds, with the sequence
+to resume from. Writers never wait for readers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+import grpc
+
+from improv_store.v1 import store_pb2 as pb
+
+from .errors import StoreError, unavailable
+
+RESUME_TRAILER = "improv-store-resume-sequence"
+
+
+def event_name(event: pb.Event) -> str:
+    return event.meta.name
+
+
+class Subscriber:
+    """One open Subscribe stream's live buffer."""
+
+    def __init__(self, prefix: str, since: int, buffer_size: int) -> None:
+        self.prefix = prefix
+        self._since = since
+        self._buffer_size = buffer_size
+        self._cond = threading.Condition()
+        self._events: deque[pb.Event] = deque()
+        self._resume_from: int | None = None
+        self._closed = False
+        self._store_closing = False
+
+    def matches(self, event: pb.Event) -> bool:
+        return event.sequence >= self._since and event_name(event).startswith(self.prefix)
+
+    def offer(self, event: pb.Event) -> None:
+        """Buffer a live event without ever blocking the writer."""
+        if not self.matches(event):
+            return
+        with self._cond:
+            if self._closed or self._resume_from is not None:
+                return
+            if len(self._events) >= self._buffer_size:
+                self._resume_from = event.sequence
+            else:
+                self._events.append(event)
+            self._cond.notify()
+
+    def close(self, store_closing: bool = False) -> None:
+        """End the stream: the client went away, or the store is stopping."""
+        with self._cond:
+            self._closed = True
+            self._store_closing = store_closing
+            self._cond.notify_all()
+
+    def live(self) -> Iterator[pb.Event]:
+        """Buffered and future events until closed or overflowed."""
+        while True:
+            with self._cond:
+                while not self._events and not self._closed and self._resume_from is None:
+                    self._cond.wait()
+                if self._events:
+                    batch = list(self._events)
+                    self._events.clear()
+                elif self._store_closing:
+                    raise unavailable()
+                elif self._closed:
+                    return
+                else:
+                    raise overflowed(self._resume_from)
+            yield from batch
+
+
+def overflowed(resume_from: int) -> StoreError:
+    """RESOURCE_EXHAUSTED for a subscriber that fell behind, saying where to resume."""
+    return StoreError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"subscriber fell too far behind; resume with since_sequence={resume_from}",
+        trailers=((RESUME_TRAILER, str(resume_from)),),
+    )
+
+
+class SubscriberHub:
+    """The set of open subscribers. Callers hold the store lock while publishing."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscriber] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def add(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.add(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.discard(subscriber)
+
+    def publish(self, event: pb.Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber.offer(event)
+
+    def close_all(self) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber.close(store_closing=True)
