@@ -1,9 +1,9 @@
 """The Python client of improv-store.
 
-    from improv_store.client import StoreClient
-    with StoreClient() as store:
-        oid = store.put(frame, name="acq_raw1")
-        frame = store.get(oid)
+from improv_store.client import StoreClient
+with StoreClient() as store:
+    oid = store.put(frame, name="acq_raw1")
+    frame = store.get(oid)
 """
 
 from .errors import (

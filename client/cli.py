@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .errors import ObjectNotFound, StoreError, StoreUnavailable
 from .ids import ObjectID
 from .models import Event, ObjectInfo
-from .store_client import StoreClient, Ref, normalize_address
+from .store_client import Ref, StoreClient, normalize_address
 
 EXIT_NOT_FOUND = 1
 EXIT_UNREACHABLE = 3
@@ -37,9 +37,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.add_argument(
-            "--address", default=None,
+            "--address",
+            default=None,
             help="store address: unix socket path, unix:///path or host:port"
-                 " (default $IMPROV_STORE_ADDRESS, else unix:///tmp/improv-store.sock)",
+            " (default $IMPROV_STORE_ADDRESS, else unix:///tmp/improv-store.sock)",
         )
         parser.set_defaults(handler=_guarded(handler))
         return parser
@@ -158,8 +159,10 @@ def _object_line(info: ObjectInfo) -> str:
     if info.dtype:
         kind = f"{info.dtype}{list(info.shape or ())}"
     created = info.created.strftime("%Y-%m-%d %H:%M:%S")
-    return (f"{info.id.hex()}  {info.sequence:>8}  {_size(info.size):>10}  {kind:8}  {created}"
-            f"  {info.name}")
+    return (
+        f"{info.id.hex()}  {info.sequence:>8}  {_size(info.size):>10}  {kind:8}  {created}"
+        f"  {info.name}"
+    )
 
 
 def _size(size: int) -> str:
@@ -193,8 +196,10 @@ def _watch(store: StoreClient, args: argparse.Namespace) -> int:
 
 def _event_line(event: Event) -> str:
     info = event.object
-    line = (f"{event.sequence:>8}  {event.time.strftime('%H:%M:%S.%f')[:-3]}  {event.type:7}"
-            f"  {info.id.hex()}  {_size(info.size):>10}  {info.name}")
+    line = (
+        f"{event.sequence:>8}  {event.time.strftime('%H:%M:%S.%f')[:-3]}  {event.type:7}"
+        f"  {info.id.hex()}  {_size(info.size):>10}  {info.name}"
+    )
     if event.replaced:
         line += f"  (replaced {len(event.replaced)})"
     return line

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from improv_store.v1 import store_pb2 as pb
 
 

@@ -80,8 +80,17 @@ class PermissionDenied(StoreError, PermissionError):
 
 _BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
     cls.code: cls
-    for cls in (ObjectNotFound, ObjectExists, InvalidRequest, StoreFull, WaitTimeout,
-                HistoryUnavailable, DataCorrupted, StoreUnavailable, PermissionDenied)
+    for cls in (
+        ObjectNotFound,
+        ObjectExists,
+        InvalidRequest,
+        StoreFull,
+        WaitTimeout,
+        HistoryUnavailable,
+        DataCorrupted,
+        StoreUnavailable,
+        PermissionDenied,
+    )
 }
 
 

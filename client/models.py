@@ -10,10 +10,12 @@ from improv_store.v1 import store_pb2 as pb
 from .ids import ObjectID
 
 _ENCODINGS = {pb.ENCODING_RAW: "raw", pb.ENCODING_NDARRAY: "ndarray", pb.ENCODING_PICKLE: "pickle"}
-_EVENT_TYPES = {pb.EVENT_TYPE_PUT: "put", pb.EVENT_TYPE_DELETE: "delete",
-                pb.EVENT_TYPE_REPLACE: "replace"}
-_DURABILITY = {pb.DURABILITY_SYNC: "sync", pb.DURABILITY_ASYNC: "async",
-               pb.DURABILITY_NONE: "none"}
+_EVENT_TYPES = {
+    pb.EVENT_TYPE_PUT: "put",
+    pb.EVENT_TYPE_DELETE: "delete",
+    pb.EVENT_TYPE_REPLACE: "replace",
+}
+_DURABILITY = {pb.DURABILITY_SYNC: "sync", pb.DURABILITY_ASYNC: "async", pb.DURABILITY_NONE: "none"}
 
 
 def _time(stamp: object) -> datetime:

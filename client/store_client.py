@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
-
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -115,7 +114,7 @@ class StoreClient:
         obj: Any,
         name: str | None = None,
         *,
-        id: ObjectID | bytes | None = None,  # noqa: A002 - the natural name
+        id: ObjectID | bytes | None = None,
         labels: dict[str, str] | None = None,
     ) -> ObjectID:
         """Store ``obj`` (ndarray, bytes, or anything picklable); return its ID."""
@@ -147,7 +146,9 @@ class StoreClient:
         payload = encoded.payload
         if len(payload) <= INLINE_LIMIT:
             if replace:
-                response = self._call(self._stub.Replace, pb.ReplaceRequest(spec=spec, data=bytes(payload)))
+                response = self._call(
+                    self._stub.Replace, pb.ReplaceRequest(spec=spec, data=bytes(payload))
+                )
             else:
                 response = self._call(self._stub.Put, pb.PutRequest(spec=spec, data=bytes(payload)))
             return response.meta, list(getattr(response, "replaced_ids", ()))
@@ -206,7 +207,7 @@ class StoreClient:
             offset = 0
             for message in stream:
                 chunk = message.chunk
-                buffer[offset:offset + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+                buffer[offset : offset + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
                 offset += len(chunk)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
@@ -243,7 +244,7 @@ class StoreClient:
 def _chunked(header: pb.PutStreamHeader, payload: memoryview) -> Iterator[pb.PutStreamRequest]:
     yield pb.PutStreamRequest(header=header)
     for offset in range(0, len(payload), INLINE_LIMIT):
-        yield pb.PutStreamRequest(chunk=bytes(payload[offset:offset + INLINE_LIMIT]))
+        yield pb.PutStreamRequest(chunk=bytes(payload[offset : offset + INLINE_LIMIT]))
 
 
 def _status_code(value: int) -> grpc.StatusCode:
@@ -262,7 +263,9 @@ class Subscription:
     to a new subscription to continue after a disconnect or server restart.
     """
 
-    def __init__(self, stub: store_pb2_grpc.StoreServiceStub, prefix: str, since: int | None) -> None:
+    def __init__(
+        self, stub: store_pb2_grpc.StoreServiceStub, prefix: str, since: int | None
+    ) -> None:
         self._stub = stub
         self._prefix = prefix
         self.last_sequence: int | None = None if since is None else since - 1

@@ -119,8 +119,11 @@ class Committer:
             try:
                 self._backend.write(batch)
             except Exception as exc:
-                error = exc if isinstance(exc, StoreError) else StoreError(
-                    grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, StoreError)
+                    else StoreError(grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
+                )
                 log.error("commit of %d changes failed (retrying): %s", len(batch), exc)
                 ticket.resolve(error)
                 if self._closing:

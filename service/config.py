@@ -36,7 +36,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
-            raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {self.durability!r}")
+            raise ValueError(
+                f"durability must be one of {DURABILITY_MODES}, not {self.durability!r}"
+            )
         if not self.socket and not self.listen:
             raise ValueError("nothing to listen on: give --socket or --listen")
         if self.inline_limit + MiB > self.max_message_size:
@@ -52,7 +54,7 @@ def parse_size(text: str) -> int:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
     number = cleaned.rstrip("kmgt")
-    unit = cleaned[len(number):]
+    unit = cleaned[len(number) :]
     if unit not in units or not number:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)")
     try:
@@ -70,33 +72,77 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per ServerConfig field; each defaults to its environment variable."""
     d = ServerConfig()
     add = parser.add_argument
-    add("--socket", default=_env("socket", d.socket),
-        help="unix socket path; empty to disable (IMPROV_STORE_SOCKET)")
-    add("--listen", default=_env("listen", d.listen),
-        help="TCP host:port; empty to disable (IMPROV_STORE_LISTEN)")
-    add("--data-dir", default=_env("data_dir", d.data_dir),
-        help="LMDB directory (IMPROV_STORE_DATA_DIR)")
-    add("--durability", choices=DURABILITY_MODES, default=_env("durability", d.durability),
+    add(
+        "--socket",
+        default=_env("socket", d.socket),
+        help="unix socket path; empty to disable (IMPROV_STORE_SOCKET)",
+    )
+    add(
+        "--listen",
+        default=_env("listen", d.listen),
+        help="TCP host:port; empty to disable (IMPROV_STORE_LISTEN)",
+    )
+    add(
+        "--data-dir",
+        default=_env("data_dir", d.data_dir),
+        help="LMDB directory (IMPROV_STORE_DATA_DIR)",
+    )
+    add(
+        "--durability",
+        choices=DURABILITY_MODES,
+        default=_env("durability", d.durability),
         help="sync: fsync before replying; async: commit every interval; none: memory only"
-             " (IMPROV_STORE_DURABILITY)")
-    add("--commit-interval", type=float, default=_env("commit_interval", d.commit_interval),
-        help="seconds between background commits in async mode (IMPROV_STORE_COMMIT_INTERVAL)")
-    add("--max-object-size", type=parse_size, default=_env("max_object_size", d.max_object_size),
-        help="largest payload accepted, e.g. 2G (IMPROV_STORE_MAX_OBJECT_SIZE)")
-    add("--event-retention", type=int, default=_env("event_retention", d.event_retention),
-        help="events kept for Subscribe replay (IMPROV_STORE_EVENT_RETENTION)")
-    add("--subscriber-buffer", type=int, default=_env("subscriber_buffer", d.subscriber_buffer),
-        help="events buffered per subscriber before it is cut off"
-             " (IMPROV_STORE_SUBSCRIBER_BUFFER)")
-    add("--max-subscribers", type=int, default=_env("max_subscribers", d.max_subscribers),
-        help="concurrent Subscribe streams (IMPROV_STORE_MAX_SUBSCRIBERS)")
-    add("--max-workers", type=int, default=_env("max_workers", d.max_workers),
-        help="server threads; each open stream holds one (IMPROV_STORE_MAX_WORKERS)")
-    add("--initial-map-size", type=parse_size, default=_env("initial_map_size", d.initial_map_size),
-        help="starting LMDB map size; it grows on demand (IMPROV_STORE_INITIAL_MAP_SIZE)")
-    add("--log-level", default=_env("log_level", d.log_level),
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-        help="logging threshold (IMPROV_STORE_LOG_LEVEL)")
+        " (IMPROV_STORE_DURABILITY)",
+    )
+    add(
+        "--commit-interval",
+        type=float,
+        default=_env("commit_interval", d.commit_interval),
+        help="seconds between background commits in async mode (IMPROV_STORE_COMMIT_INTERVAL)",
+    )
+    add(
+        "--max-object-size",
+        type=parse_size,
+        default=_env("max_object_size", d.max_object_size),
+        help="largest payload accepted, e.g. 2G (IMPROV_STORE_MAX_OBJECT_SIZE)",
+    )
+    add(
+        "--event-retention",
+        type=int,
+        default=_env("event_retention", d.event_retention),
+        help="events kept for Subscribe replay (IMPROV_STORE_EVENT_RETENTION)",
+    )
+    add(
+        "--subscriber-buffer",
+        type=int,
+        default=_env("subscriber_buffer", d.subscriber_buffer),
+        help="events buffered per subscriber before it is cut off (IMPROV_STORE_SUBSCRIBER_BUFFER)",
+    )
+    add(
+        "--max-subscribers",
+        type=int,
+        default=_env("max_subscribers", d.max_subscribers),
+        help="concurrent Subscribe streams (IMPROV_STORE_MAX_SUBSCRIBERS)",
+    )
+    add(
+        "--max-workers",
+        type=int,
+        default=_env("max_workers", d.max_workers),
+        help="server threads; each open stream holds one (IMPROV_STORE_MAX_WORKERS)",
+    )
+    add(
+        "--initial-map-size",
+        type=parse_size,
+        default=_env("initial_map_size", d.initial_map_size),
+        help="starting LMDB map size; it grows on demand (IMPROV_STORE_INITIAL_MAP_SIZE)",
+    )
+    add(
+        "--log-level",
+        default=_env("log_level", d.log_level),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="logging threshold (IMPROV_STORE_LOG_LEVEL)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -119,4 +165,3 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         initial_map_size=args.initial_map_size,
         log_level=args.log_level,
     )
-

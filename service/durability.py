@@ -27,7 +27,6 @@ from typing import TextIO
 import crc32c
 import grpc
 import lmdb
-
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreError, exhausted, history_gone
@@ -272,7 +271,9 @@ def _read_u64(value: bytes | None) -> int:
 
 
 def _is_disk_full(exc: lmdb.Error) -> bool:
-    return isinstance(exc, lmdb.DiskError) or f"{errno.ENOSPC}" in str(exc) or "No space" in str(exc)
+    return (
+        isinstance(exc, lmdb.DiskError) or f"{errno.ENOSPC}" in str(exc) or "No space" in str(exc)
+    )
 
 
 def _lock_directory(path: str) -> TextIO:
@@ -282,5 +283,7 @@ def _lock_directory(path: str) -> TextIO:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise RuntimeError(f"another improv-store server is using the data directory {path}")
+        raise RuntimeError(
+            f"another improv-store server is using the data directory {path}"
+        ) from None
     return handle

@@ -42,9 +42,7 @@ class EventLog:
         """Everything through ``sequence`` is on disk; let the memory tail shrink."""
         with self._lock:
             self._committed = sequence
-            while (
-                len(self._tail) > _COMMITTED_TAIL and self._tail[0].sequence <= self._committed
-            ):
+            while len(self._tail) > _COMMITTED_TAIL and self._tail[0].sequence <= self._committed:
                 self._tail.popleft()
 
     @property

@@ -68,7 +68,9 @@ class ObjectTable:
         """IDs of every object with ``name``, oldest first."""
         return list(self._by_name.get(name, ()))
 
-    def page(self, prefix: str, after_sequence: int, limit: int) -> tuple[list[pb.ObjectMeta], bool]:
+    def page(
+        self, prefix: str, after_sequence: int, limit: int
+    ) -> tuple[list[pb.ObjectMeta], bool]:
         """Up to ``limit`` objects past ``after_sequence`` whose name starts with ``prefix``.
 
         Returns the metadata and whether more objects follow.

@@ -13,7 +13,6 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from improv_store import __version__
 from improv_store.v1 import store_pb2, store_pb2_grpc
 
@@ -76,7 +75,9 @@ class StoreServer:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "improv-store %s serving on %s (durability %s, data %s)",
-            __version__, ", ".join(self.addresses), self.config.durability,
+            __version__,
+            ", ".join(self.addresses),
+            self.config.durability,
             os.path.abspath(self.config.data_dir) if self.config.durability != "none" else "-",
         )
 

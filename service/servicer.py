@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import crc32c
 import grpc
-
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -43,7 +42,7 @@ def _statuses(method: F) -> F:
         def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from method(self, request, context)
-            except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            except Exception as exc:
                 abort(context, exc)
 
         return streaming  # type: ignore[return-value]
@@ -52,7 +51,7 @@ def _statuses(method: F) -> F:
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+        except Exception as exc:
             abort(context, exc)
 
     return unary  # type: ignore[return-value]
@@ -84,7 +83,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         return pb.PutResponse(meta=self._store.put(request.spec, data).meta)
 
     @_statuses
-    def Replace(self, request: pb.ReplaceRequest, context: grpc.ServicerContext) -> pb.ReplaceResponse:
+    def Replace(
+        self, request: pb.ReplaceRequest, context: grpc.ServicerContext
+    ) -> pb.ReplaceResponse:
         data = request.data
         if len(data) > self._inline_limit:
             raise invalid(f"inline payload above {self._inline_limit} bytes: use PutStream")
@@ -138,10 +139,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         yield pb.GetStreamResponse(meta=obj.meta)
         view = memoryview(self._store.payload(obj))
         for offset in range(0, len(view), chunk_size):
-            yield pb.GetStreamResponse(chunk=bytes(view[offset:offset + chunk_size]))
+            yield pb.GetStreamResponse(chunk=bytes(view[offset : offset + chunk_size]))
 
     @_statuses
-    def BatchGet(self, request: pb.BatchGetRequest, context: grpc.ServicerContext) -> pb.BatchGetResponse:
+    def BatchGet(
+        self, request: pb.BatchGetRequest, context: grpc.ServicerContext
+    ) -> pb.BatchGetResponse:
         results = self._store.get_many(list(request.refs), _wait_seconds(request, context))
         response = pb.BatchGetResponse()
         budget = BATCH_PAYLOAD_BUDGET

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import crc32c
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from improv_store import __version__
 from improv_store.v1 import store_pb2 as pb
 
@@ -81,7 +80,10 @@ class Store:
             trimmed_through = recovered.trimmed_through
             log.info(
                 "recovered %d objects (%d bytes) from %s; last sequence %d",
-                len(self._table), self._table.total_bytes, config.data_dir, self._last_sequence,
+                len(self._table),
+                self._table.total_bytes,
+                config.data_dir,
+                self._last_sequence,
             )
         self._events = EventLog(self._backend, config.event_retention, trimmed_through)
         self._events.committed(self._last_sequence)
@@ -221,7 +223,9 @@ class Store:
                 self._changed.wait(remaining)
         return obj
 
-    def get_many(self, refs: list[pb.ObjectRef], wait: float = 0.0) -> list[StoredObject | StoreError]:
+    def get_many(
+        self, refs: list[pb.ObjectRef], wait: float = 0.0
+    ) -> list[StoredObject | StoreError]:
         """Look up several objects; each entry is the object or the error for it."""
         if len(refs) > self.config.max_batch_size:
             raise invalid(f"{len(refs)} refs; a batch holds at most {self.config.max_batch_size}")
@@ -229,7 +233,9 @@ class Store:
         results: list[StoredObject | StoreError] = []
         for ref in refs:
             try:
-                results.append(self.get(ref, max(0.0, deadline - time.monotonic()) if wait else 0.0))
+                results.append(
+                    self.get(ref, max(0.0, deadline - time.monotonic()) if wait else 0.0)
+                )
             except StoreError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     raise
@@ -303,8 +309,9 @@ class Store:
             if since is not None:
                 since = max(since, 1)
                 self._events.check_retained(since, last)
-            subscriber = Subscriber(prefix, since if since is not None else last + 1,
-                                    self.config.subscriber_buffer)
+            subscriber = Subscriber(
+                prefix, since if since is not None else last + 1, self.config.subscriber_buffer
+            )
             self._hub.add(subscriber)
             tail = self._events.snapshot() if since is not None else []
         history = self._events.replay(since, last, tail) if since is not None else iter(())

@@ -6,10 +6,9 @@ import math
 import re
 
 import numpy as np
-
 from improv_store.v1 import store_pb2 as pb
 
-from .errors import StoreError, exhausted, invalid
+from .errors import exhausted, invalid
 
 ID_LENGTH = 20
 MAX_NDIM = 32

@@ -18,7 +18,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from improv_store.client import StoreClient
 
 START_TIMEOUT = 30.0
@@ -77,7 +76,9 @@ def wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> Non
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+                raise RuntimeError(
+                    f"server exited with {process.returncode}:\n{log_path.read_text()}"
+                )
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -110,18 +111,27 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         data_dir = data_dir or str(tmp_path / f"data{index}")
         log_path = tmp_path / f"server{index}.log"
         args = [
-            sys.executable, "-m", "improv_store.service",
-            "--socket", socket_path,
-            "--listen", f"127.0.0.1:{port}",
-            "--data-dir", data_dir,
-            "--durability", durability,
+            sys.executable,
+            "-m",
+            "improv_store.service",
+            "--socket",
+            socket_path,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            data_dir,
+            "--durability",
+            durability,
             *extra_args,
         ]
         full_env = {**os.environ, **(env or {})}
         with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
-        server = ServerProcess(socket_path, port, data_dir, log_path, list(extra_args),
-                               env or {}, process)
+            process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env
+            )
+        server = ServerProcess(
+            socket_path, port, data_dir, log_path, list(extra_args), env or {}, process
+        )
         started.append(server)
         wait_serving("unix://" + socket_path, process, log_path)
         return server

@@ -1,0 +1,191 @@
+"""What each durability mode promises holds across SIGTERM, SIGKILL and disk corruption."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import crc32c
+import lmdb
+import numpy as np
+import pytest
+from improv_store.client import DataCorrupted, ObjectID, StoreClient, StoreError
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def write_until_failure(address: str, ledger: str, writer: int) -> None:
+    """Child process: put objects until the server dies; log each acknowledged put.
+
+    A line is written only after the put returned, so the ledger lists exactly
+    the puts the server acknowledged.
+    """
+    rng = np.random.default_rng(writer)
+    with StoreClient(address) as store, open(ledger, "w") as out:
+        for index in range(100_000):
+            payload = rng.bytes(int(rng.integers(1, 16_384)))
+            try:
+                object_id = store.put(payload, name=f"w{writer}_{index}")
+            except StoreError:
+                return
+            out.write(f"{object_id.hex()} {crc32c.crc32c(payload)}\n")
+            out.flush()
+
+
+def acknowledged(ledgers: list[Path]) -> dict[str, int]:
+    entries = {}
+    for ledger in ledgers:
+        for line in ledger.read_text().splitlines():
+            object_hex, checksum = line.split()
+            entries[object_hex] = int(checksum)
+    return entries
+
+
+def wait_for_ledgers(ledgers: list[Path], lines: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p.exists() and p.read_text().count("\n") >= lines for p in ledgers):
+            return
+        time.sleep(0.05)
+    raise AssertionError("writers did not make progress")
+
+
+def test_sync_survives_sigkill_mid_storm(start_server: Any, tmp_path: Path) -> None:
+    """sync: writers in 4 processes, SIGKILL mid-stream; every acknowledged put is back intact."""
+    server = start_server(durability="sync")
+    ledgers = [tmp_path / f"ledger{i}" for i in range(4)]
+    writers = [
+        SPAWN.Process(target=write_until_failure, args=(server.unix_address, str(path), i))
+        for i, path in enumerate(ledgers)
+    ]
+    for process in writers:
+        process.start()
+    wait_for_ledgers(ledgers, 200)
+    server.kill()
+    for process in writers:
+        process.join(30)
+        assert process.exitcode == 0
+    expected = acknowledged(ledgers)
+    assert len(expected) >= 800
+
+    restarted = start_server(durability="sync", data_dir=server.data_dir)
+    with restarted.client() as store:
+        for object_hex, checksum in expected.items():
+            object_id = ObjectID.from_hex(object_hex)
+            assert store.stat(object_id).crc32c == checksum
+            assert crc32c.crc32c(store.get(object_id)) == checksum
+
+
+def test_async_loses_at_most_the_commit_window(start_server: Any) -> None:
+    """async: puts older than the commit interval survive SIGKILL; the rest may not."""
+    server = start_server("--commit-interval", "0.2", durability="async")
+    with server.client() as store:
+        early = {store.put(i, name="early"): i for i in range(300)}
+        time.sleep(1.0)  # five commit intervals: the early puts are on disk
+        late = {store.put(i, name="late"): i for i in range(300)}
+        seen_sequence = store.info().last_sequence
+    server.kill()
+
+    restarted = start_server(
+        "--commit-interval", "0.2", durability="async", data_dir=server.data_dir
+    )
+    with restarted.client() as store:
+        for object_id, value in early.items():
+            assert store.get(object_id) == value
+        survivors = {info.id for info in store.list("late")}
+        for object_id in survivors:
+            assert store.get(object_id) == late[object_id]
+        # Numbers a subscriber may have seen before the crash are never reused.
+        assert store.put("after") and store.info().last_sequence > seen_sequence
+
+
+def test_async_clean_stop_keeps_everything(start_server: Any) -> None:
+    """async: SIGTERM flushes whatever the interval had not committed yet."""
+    server = start_server("--commit-interval", "30", durability="async")
+    with server.client() as store:
+        ids = {store.put(np.full(100, i)): i for i in range(50)}
+        last = store.info().last_sequence
+    assert server.stop() == 0
+    restarted = start_server(durability="async", data_dir=server.data_dir)
+    with restarted.client() as store:
+        for object_id, value in ids.items():
+            assert (store.get(object_id) == value).all()
+        info = store.info()
+        assert info.object_count == 50 and info.last_sequence == last
+
+
+def test_none_restarts_empty(start_server: Any) -> None:
+    """none: memory only; nothing is written, a restart begins empty."""
+    server = start_server(durability="none")
+    with server.client() as store:
+        store.put(b"volatile", name="v")
+        assert store.info().durability == "none"
+    assert server.stop() == 0
+    assert not os.path.exists(os.path.join(server.data_dir, "data.mdb"))
+    restarted = start_server(durability="none", data_dir=server.data_dir)
+    with restarted.client() as store:
+        assert store.info().object_count == 0
+        assert list(store.list()) == []
+
+
+def corrupt_payload(data_dir: str, object_id: ObjectID) -> None:
+    """Flip one byte of a stored payload behind the server's back."""
+    env = lmdb.open(data_dir, max_dbs=4)
+    payloads = env.open_db(b"payloads")
+    with env.begin(write=True, db=payloads) as txn:
+        payload = bytearray(txn.get(object_id.binary()))
+        payload[len(payload) // 2] ^= 0xFF
+        txn.put(object_id.binary(), bytes(payload))
+    env.close()
+
+
+def test_corruption_on_disk_is_detected(start_server: Any) -> None:
+    """A payload that no longer matches its CRC32C is DATA_LOSS naming it, never data."""
+    server = start_server(durability="sync")
+    with server.client() as store:
+        victim = store.put(np.arange(1000), name="victim")
+        neighbour = store.put(np.arange(1000), name="neighbour")
+    assert server.stop() == 0
+    corrupt_payload(server.data_dir, victim)
+
+    restarted = start_server(durability="sync", data_dir=server.data_dir)
+    with restarted.client() as store:
+        with pytest.raises(DataCorrupted, match=victim.hex()):
+            store.get(victim)
+        with pytest.raises(DataCorrupted):
+            store.get_many([neighbour, victim])
+        assert (store.get(neighbour) == np.arange(1000)).all()
+
+
+def test_map_grows_instead_of_failing(start_server: Any) -> None:
+    """Starting from a 1 MiB LMDB map, 64 MiB of sync puts succeed and survive restart."""
+    server = start_server("--initial-map-size", "1M", durability="sync")
+    frames = [np.full(1 << 17, i, dtype=np.float64) for i in range(64)]  # 1 MiB each
+    with server.client() as store:
+        ids = [store.put(frame) for frame in frames]
+    assert server.stop() == 0
+    assert os.path.getsize(os.path.join(server.data_dir, "data.mdb")) > 64 << 20
+    restarted = start_server(
+        "--initial-map-size", "1M", durability="sync", data_dir=server.data_dir
+    )
+    with restarted.client() as store:
+        for object_id, frame in zip(ids, frames, strict=True):
+            assert np.array_equal(store.get(object_id), frame)
+
+
+def test_deletes_and_replaces_are_durable(start_server: Any) -> None:
+    """After restart, deleted objects stay deleted and a replace keeps only the newest."""
+    server = start_server(durability="sync")
+    with server.client() as store:
+        gone = store.put(b"gone")
+        store.delete(gone)
+        store.put(1, name="params")
+        newest = store.replace("params", 2)
+    server.kill()
+    restarted = start_server(durability="sync", data_dir=server.data_dir)
+    with restarted.client() as store:
+        assert [info.id for info in store.list()] == [newest]
+        assert store.get("params") == 2
