@@ -59,7 +59,6 @@ class Committer:
         self._cond = threading.Condition()
         self._pending: list[Change] = []
         self._ticket = Ticket()
-        self._flush_requested = False
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="lmdb-committer", daemon=True)
         self._thread.start()
@@ -71,16 +70,6 @@ class Committer:
             if self._group_commit:
                 self._cond.notify()
             return self._ticket
-
-    def flush(self) -> None:
-        """Commit everything queued so far and wait for it."""
-        with self._cond:
-            if not self._pending:
-                return
-            ticket = self._ticket
-            self._flush_requested = True
-            self._cond.notify()
-        ticket.wait()
 
     def close(self) -> None:
         """Commit what is queued and stop the thread."""
@@ -97,7 +86,6 @@ class Committer:
                     return
                 batch, self._pending = self._pending, []
                 ticket, self._ticket = self._ticket, Ticket()
-                self._flush_requested = False
             if batch:
                 self._commit(batch, ticket)
 
@@ -107,7 +95,7 @@ class Committer:
                 self._cond.wait()
             return
         deadline = time.monotonic() + self._interval
-        while not (self._closing or self._flush_requested):
+        while not self._closing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

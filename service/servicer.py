@@ -136,8 +136,8 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     ) -> Iterator[pb.GetStreamResponse]:
         chunk_size = min(request.chunk_size or self._inline_limit, self._inline_limit)
         obj = self._store.get(request.ref, _wait_seconds(request, context))
-        yield pb.GetStreamResponse(meta=obj.meta)
         view = memoryview(self._store.payload(obj))
+        yield pb.GetStreamResponse(meta=obj.meta)
         for offset in range(0, len(view), chunk_size):
             yield pb.GetStreamResponse(chunk=bytes(view[offset : offset + chunk_size]))
 

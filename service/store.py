@@ -339,11 +339,6 @@ class Store:
             self._backend.close(last_sequence=self._last_sequence)
         log.info("store closed at sequence %d", self._last_sequence)
 
-    def flush(self) -> None:
-        """Commit everything written so far (whatever the durability mode)."""
-        if self._committer is not None:
-            self._committer.flush()
-
 
 class Subscription:
     """Iterates replayed history, then live events; unregisters when it ends."""
