@@ -17,6 +17,14 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_RAW: _ClassVar[Encoding]
     ENCODING_NDARRAY: _ClassVar[Encoding]
     ENCODING_PICKLE: _ClassVar[Encoding]
+    ENCODING_PICKLE_BUFFERS: _ClassVar[Encoding]
+
+class Transfer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_UNSPECIFIED: _ClassVar[Transfer]
+    TRANSFER_INLINE: _ClassVar[Transfer]
+    TRANSFER_SHM: _ClassVar[Transfer]
+    TRANSFER_AUTO: _ClassVar[Transfer]
 
 class ArrayOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +49,11 @@ ENCODING_UNSPECIFIED: Encoding
 ENCODING_RAW: Encoding
 ENCODING_NDARRAY: Encoding
 ENCODING_PICKLE: Encoding
+ENCODING_PICKLE_BUFFERS: Encoding
+TRANSFER_UNSPECIFIED: Transfer
+TRANSFER_INLINE: Transfer
+TRANSFER_SHM: Transfer
+TRANSFER_AUTO: Transfer
 ARRAY_ORDER_UNSPECIFIED: ArrayOrder
 ARRAY_ORDER_C: ArrayOrder
 ARRAY_ORDER_F: ArrayOrder
@@ -115,6 +128,18 @@ class ObjectMeta(_message.Message):
     labels: _containers.ScalarMap[str, str]
     def __init__(self, id: _Optional[bytes] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., array: _Optional[_Union[ArrayLayout, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., crc32c: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class ShmHandle(_message.Message):
+    __slots__ = ("segment", "offset", "length", "lease_id")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    offset: int
+    length: int
+    lease_id: int
+    def __init__(self, segment: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., lease_id: _Optional[int] = ...) -> None: ...
+
 class ObjectRef(_message.Message):
     __slots__ = ("id", "name")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -164,24 +189,30 @@ class PutStreamResponse(_message.Message):
     def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("ref", "wait", "metadata_only")
+    __slots__ = ("ref", "wait", "metadata_only", "transfer", "session_id")
     REF_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     METADATA_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ref: ObjectRef
     wait: _duration_pb2.Duration
     metadata_only: bool
-    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metadata_only: _Optional[bool] = ...) -> None: ...
+    transfer: Transfer
+    session_id: str
+    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metadata_only: _Optional[bool] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("meta", "data", "payload_omitted")
+    __slots__ = ("meta", "data", "payload_omitted", "handle")
     META_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
     meta: ObjectMeta
     data: bytes
     payload_omitted: bool
-    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ...) -> None: ...
+    handle: ShmHandle
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class GetStreamRequest(_message.Message):
     __slots__ = ("ref", "wait", "chunk_size")
@@ -202,26 +233,32 @@ class GetStreamResponse(_message.Message):
     def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class BatchGetRequest(_message.Message):
-    __slots__ = ("refs", "wait")
+    __slots__ = ("refs", "wait", "transfer", "session_id")
     REFS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     refs: _containers.RepeatedCompositeFieldContainer[ObjectRef]
     wait: _duration_pb2.Duration
-    def __init__(self, refs: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    transfer: Transfer
+    session_id: str
+    def __init__(self, refs: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class BatchGetResult(_message.Message):
-    __slots__ = ("code", "message", "meta", "data", "payload_omitted")
+    __slots__ = ("code", "message", "meta", "data", "payload_omitted", "handle")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     meta: ObjectMeta
     data: bytes
     payload_omitted: bool
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ...) -> None: ...
+    handle: ShmHandle
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
     __slots__ = ("results",)
@@ -257,6 +294,78 @@ class ReplaceResponse(_message.Message):
     replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class SessionRequest(_message.Message):
+    __slots__ = ("release_lease_ids",)
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, release_lease_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CreateRequest(_message.Message):
+    __slots__ = ("session_id", "spec", "size", "replace")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    spec: ObjectSpec
+    size: int
+    replace: bool
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[ObjectSpec, _Mapping]] = ..., size: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class CreateResponse(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: ShmHandle
+    def __init__(self, handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
+
+class SealRequest(_message.Message):
+    __slots__ = ("session_id", "handle")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    handle: ShmHandle
+    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
+
+class SealResponse(_message.Message):
+    __slots__ = ("meta", "replaced_ids")
+    META_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_IDS_FIELD_NUMBER: _ClassVar[int]
+    meta: ObjectMeta
+    replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("session_id", "handle")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    handle: ShmHandle
+    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
+
+class AbortResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("session_id", "lease_ids")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., lease_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
 class ListRequest(_message.Message):
     __slots__ = ("prefix", "page_size", "page_token")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -280,21 +389,41 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size")
+    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size")
     MAX_OBJECT_SIZE_FIELD_NUMBER: _ClassVar[int]
     INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_NAME_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHM_MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     max_object_size: int
     inline_limit: int
     max_name_length: int
     max_batch_size: int
     max_message_size: int
-    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+    shm_min_size: int
+    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ...) -> None: ...
+
+class ArenaUsage(_message.Message):
+    __slots__ = ("capacity", "used", "pinned", "evictions", "segments", "sessions", "resident_objects")
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    capacity: int
+    used: int
+    pinned: int
+    evictions: int
+    segments: int
+    sessions: int
+    resident_objects: int
+    def __init__(self, capacity: _Optional[int] = ..., used: _Optional[int] = ..., pinned: _Optional[int] = ..., evictions: _Optional[int] = ..., segments: _Optional[int] = ..., sessions: _Optional[int] = ..., resident_objects: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count")
+    __slots__ = ("version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +434,9 @@ class InfoResponse(_message.Message):
     COMMITTED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ARENA_FIELD_NUMBER: _ClassVar[int]
+    LOCALITY_TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    LOCALITY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     version: str
     durability: Durability
     limits: Limits
@@ -315,15 +447,22 @@ class InfoResponse(_message.Message):
     committed_sequence: int
     start_time: _timestamp_pb2.Timestamp
     subscriber_count: int
-    def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ...) -> None: ...
+    arena: ArenaUsage
+    locality_token_name: str
+    locality_token: bytes
+    def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("prefix", "since_sequence")
+    __slots__ = ("prefix", "since_sequence", "transfer", "session_id")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     prefix: str
     since_sequence: int
-    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ...) -> None: ...
+    transfer: Transfer
+    session_id: str
+    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("sequence", "type", "meta", "replaced_ids", "time")
@@ -340,7 +479,9 @@ class Event(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "handle")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
     event: Event
-    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+    handle: ShmHandle
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...

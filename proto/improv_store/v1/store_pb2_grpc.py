@@ -80,6 +80,31 @@ class StoreServiceStub:
                 request_serializer=improv__store_dot_v1_dot_store__pb2.InfoRequest.SerializeToString,
                 response_deserializer=improv__store_dot_v1_dot_store__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/improv_store.v1.StoreService/Session',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.SessionRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.SessionResponse.FromString,
+                _registered_method=True)
+        self.Create = channel.unary_unary(
+                '/improv_store.v1.StoreService/Create',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.CreateRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.CreateResponse.FromString,
+                _registered_method=True)
+        self.Seal = channel.unary_unary(
+                '/improv_store.v1.StoreService/Seal',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.SealRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.SealResponse.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/improv_store.v1.StoreService/Abort',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.AbortRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.AbortResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/improv_store.v1.StoreService/Release',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/improv_store.v1.StoreService/Subscribe',
                 request_serializer=improv__store_dot_v1_dot_store__pb2.SubscribeRequest.SerializeToString,
@@ -158,6 +183,45 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Session opens the stream that owns a colocated client's leases: the server
+        answers first with the session ID; the client may send batches of lease
+        IDs to release; when the stream ends, every lease and unsealed create of
+        the session is dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Create(self, request, context):
+        """Create reserves a shared-memory region for a new object of known size and
+        returns its handle; the client fills it and calls Seal (or Abort).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Seal(self, request, context):
+        """Seal turns a filled region into a stored object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Abort gives up a created region without storing it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Release drops leases on shared-memory handles the client no longer uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Subscribe streams change events in sequence order: first the retained
         history from since_sequence, then live events. A subscriber that falls
@@ -215,6 +279,31 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=improv__store_dot_v1_dot_store__pb2.InfoRequest.FromString,
                     response_serializer=improv__store_dot_v1_dot_store__pb2.InfoResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.SessionRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.SessionResponse.SerializeToString,
+            ),
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.CreateRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.CreateResponse.SerializeToString,
+            ),
+            'Seal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seal,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.SealRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.SealResponse.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.AbortRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.AbortResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.ReleaseRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.ReleaseResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -466,6 +555,141 @@ class StoreService:
             '/improv_store.v1.StoreService/Info',
             improv__store_dot_v1_dot_store__pb2.InfoRequest.SerializeToString,
             improv__store_dot_v1_dot_store__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/improv_store.v1.StoreService/Session',
+            improv__store_dot_v1_dot_store__pb2.SessionRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/Create',
+            improv__store_dot_v1_dot_store__pb2.CreateRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.CreateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Seal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/Seal',
+            improv__store_dot_v1_dot_store__pb2.SealRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.SealResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/Abort',
+            improv__store_dot_v1_dot_store__pb2.AbortRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/Release',
+            improv__store_dot_v1_dot_store__pb2.ReleaseRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
