@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from .subscriptions import Subscriber, SubscriberHub
 log = logging.getLogger(__name__)
 
 SEQUENCE_RESERVATION = 10_000
+_PAGE_TOKEN = re.compile(r"[1-9][0-9]*")
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -220,7 +222,7 @@ class Store:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"object {_describe(ref)} did not appear within {wait:g} s",
                     )
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
         return obj
 
     def get_many(
@@ -260,10 +262,9 @@ class Store:
         """One page of objects whose name starts with ``prefix``, in sequence order."""
         if len(prefix.encode()) > self.config.max_name_length:
             raise invalid(f"prefix is longer than the name limit of {self.config.max_name_length}")
-        try:
-            after = int(page_token) if page_token else 0
-        except ValueError:
-            raise invalid(f"page_token {page_token[:40]!r} is not one this server issued") from None
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
+            raise invalid(f"page_token {page_token[:40]!r} is not one this server issued")
+        after = int(page_token) if page_token else 0
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         with self._lock:
             metas, more = self._table.page(prefix, after, limit)
@@ -301,6 +302,8 @@ class Store:
         The iterator ends when closed; raises RESOURCE_EXHAUSTED (with where to
         resume) if it falls behind, UNAVAILABLE when the store stops.
         """
+        if len(prefix.encode()) > self.config.max_name_length:
+            raise invalid(f"prefix is longer than the name limit of {self.config.max_name_length}")
         if len(self._hub) >= self.config.max_subscribers:
             raise exhausted(f"{self.config.max_subscribers} subscribers are already connected")
         with self._lock:
