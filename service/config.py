@@ -31,6 +31,8 @@ class ServerConfig:
     max_subscribers: int = 64
     max_workers: int = 128
     initial_map_size: int = 1 * GiB
+    memory: int | None = None
+    shm_min_size: int = 64 << 10
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
 
@@ -137,6 +139,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="starting LMDB map size; it grows on demand (IMPROV_STORE_INITIAL_MAP_SIZE)",
     )
     add(
+        "--memory",
+        type=parse_size,
+        default=_env("memory", None),
+        help="shared memory for objects, e.g. 4G; default half of free /dev/shm"
+        " (IMPROV_STORE_MEMORY)",
+    )
+    add(
         "--log-level",
         default=_env("log_level", d.log_level),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -163,5 +172,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_subscribers=int(args.max_subscribers),
         max_workers=int(args.max_workers),
         initial_map_size=args.initial_map_size,
+        memory=args.memory,
         log_level=args.log_level,
     )

@@ -27,6 +27,7 @@ from typing import TextIO
 import crc32c
 import grpc
 import lmdb
+
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreError, exhausted, history_gone
@@ -211,23 +212,21 @@ class LmdbBackend:
 
     # -- reading ------------------------------------------------------------------
 
-    def read_payload(self, meta: pb.ObjectMeta) -> bytes | None:
-        """The payload of an object, checked against its CRC32C; None when gone.
+    def read_payload_into(self, meta: pb.ObjectMeta, target: memoryview) -> bool:
+        """Copy an object's payload into ``target`` and check its CRC32C; False when gone.
 
         A payload that no longer matches its checksum is DATA_LOSS, never data.
         """
         with self._resize.shared(), self._env.begin(db=self._payloads, buffers=True) as txn:
             buffer = txn.get(meta.id)
             if buffer is None:
-                return None
-            payload = bytes(buffer)
-        if crc32c.crc32c(payload) != meta.crc32c or len(payload) != meta.size:
-            raise StoreError(
-                grpc.StatusCode.DATA_LOSS,
-                f"object {meta.id.hex()} ({meta.name or 'unnamed'}) is corrupted on disk:"
-                " its checksum does not match",
-            )
-        return payload
+                return False
+            if len(buffer) != meta.size:
+                raise _corrupted(meta)
+            target[:] = buffer
+        if crc32c.crc32c(target) != meta.crc32c:
+            raise _corrupted(meta)
+        return True
 
     def read_events(self, first: int, last: int, batch: int = 512) -> Iterator[pb.Event]:
         """Stored events with sequence in [first, last], in order, read in short transactions.
@@ -264,6 +263,14 @@ class LmdbBackend:
         self._env.sync(True)
         self._env.close()
         self._lock_file.close()
+
+
+def _corrupted(meta: pb.ObjectMeta) -> StoreError:
+    return StoreError(
+        grpc.StatusCode.DATA_LOSS,
+        f"object {meta.id.hex()} ({meta.name or 'unnamed'}) is corrupted on disk:"
+        " its checksum does not match",
+    )
 
 
 def _read_u64(value: bytes | None) -> int:

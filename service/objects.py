@@ -1,4 +1,4 @@
-"""The in-memory object table: metadata for every stored object, payloads when resident."""
+"""The in-memory object table: every stored object by ID and by name, in sequence order."""
 
 from __future__ import annotations
 
@@ -7,17 +7,30 @@ from dataclasses import dataclass
 
 from improv_store.v1 import store_pb2 as pb
 
+from .arena import Region
 
-@dataclass
+
+@dataclass(eq=False)
 class StoredObject:
-    """One object: its metadata and, when resident in memory, its payload.
+    """One object: its metadata and where its payload is.
 
-    ``payload`` is None for an object recovered from disk and not yet read;
-    the store loads it on first use.
+    ``region`` is None while the payload is only on disk (recovered after a
+    restart, or evicted); the store loads it back on use. ``pins`` counts
+    leases and in-progress reads: a pinned region is never evicted or reused.
+    ``committing`` is set from the put until LMDB has the payload, which the
+    committer reads from the region. ``deleted`` objects are out of the table
+    but keep their region until the last pin is gone.
     """
 
     meta: pb.ObjectMeta
-    payload: bytes | memoryview | None
+    region: Region | None = None
+    pins: int = 0
+    committing: bool = False
+    deleted: bool = False
+
+    @property
+    def object_id(self) -> bytes:
+        return self.meta.id
 
 
 class ObjectTable:

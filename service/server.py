@@ -13,6 +13,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from improv_store import __version__
 from improv_store.v1 import store_pb2, store_pb2_grpc
 

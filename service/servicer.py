@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import crc32c
 import grpc
+
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -20,9 +22,11 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# A BatchGet response carries at most this many payload bytes; the rest are
-# marked payload_omitted for the client to stream.
+# A BatchGet response carries at most this many inline payload bytes; the rest
+# are marked payload_omitted for the client to stream.
 BATCH_PAYLOAD_BUDGET = 16 << 20
+
+_SHM_TRANSFERS = (pb.TRANSFER_SHM, pb.TRANSFER_AUTO)
 
 
 def _statuses(method: F) -> F:
@@ -36,7 +40,7 @@ def _statuses(method: F) -> F:
         log.exception("unexpected error in %s", method.__name__)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
-    if method.__name__ in ("GetStream", "Subscribe"):
+    if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -74,12 +78,21 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def __init__(self, store: Store) -> None:
         self._store = store
         self._inline_limit = store.config.inline_limit
+        self._shm_min_size = store.config.shm_min_size
+
+    def _wants_handle(self, transfer: int, session_id: str, size: int) -> bool:
+        """Whether this payload goes by shared memory; checks the session when it does."""
+        if transfer not in _SHM_TRANSFERS:
+            return False
+        self._store.check_session(session_id)
+        return transfer == pb.TRANSFER_SHM or size >= self._shm_min_size
+
+    # -- writes -------------------------------------------------------------------
 
     @_statuses
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
         data = request.data  # each access to a bytes field copies it: read it once
-        if len(data) > self._inline_limit:
-            raise invalid(f"inline payload above {self._inline_limit} bytes: use PutStream")
+        self._check_inline(data)
         return pb.PutResponse(meta=self._store.put(request.spec, data).meta)
 
     @_statuses
@@ -87,10 +100,13 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request: pb.ReplaceRequest, context: grpc.ServicerContext
     ) -> pb.ReplaceResponse:
         data = request.data
-        if len(data) > self._inline_limit:
-            raise invalid(f"inline payload above {self._inline_limit} bytes: use PutStream")
+        self._check_inline(data)
         stored = self._store.put(request.spec, data, replace=True)
         return pb.ReplaceResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
+
+    def _check_inline(self, data: bytes) -> None:
+        if len(data) > self._inline_limit:
+            raise invalid(f"inline payload above {self._inline_limit} bytes: use PutStream")
 
     @_statuses
     def PutStream(
@@ -100,35 +116,72 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise invalid("a PutStream must start with a header")
         header = first.header
-        self._store.check_new(header.spec, header.size)
-        payload = bytearray(header.size)
-        received = 0
-        checksum = 0
-        for message in request_iterator:
-            if message.WhichOneof("part") != "chunk":
-                raise invalid("only chunks may follow the header")
-            chunk = message.chunk
-            end = received + len(chunk)
-            if end > header.size:
-                raise invalid(f"chunks exceed the declared size of {header.size} bytes")
-            payload[received:end] = chunk
-            checksum = crc32c.crc32c(chunk, checksum)
-            received = end
-        if received != header.size:
-            raise invalid(f"stream ended after {received} of {header.size} bytes")
-        stored = self._store.put(
-            header.spec, memoryview(payload).toreadonly(), replace=header.replace, checksum=checksum
-        )
+        region = self._store.reserve(header.spec, header.size, replace=header.replace)
+        try:
+            checksum = _receive_chunks(request_iterator, region.view())
+            stored = self._store.insert(header.spec, region, checksum, replace=header.replace)
+        except BaseException:
+            self._store.discard(region)
+            raise
         return pb.PutStreamResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
+
+    @_statuses
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        return pb.DeleteResponse(deleted_ids=self._store.delete(request.ref))
+
+    # -- colocated writes and leases ----------------------------------------------
+
+    @_statuses
+    def Session(
+        self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionResponse]:
+        session_id = self._store.open_session()
+        context.add_callback(lambda: self._store.close_session(session_id))
+        yield pb.SessionResponse(session_id=session_id)
+        for message in request_iterator:
+            if message.release_lease_ids:
+                try:
+                    self._store.release(session_id, list(message.release_lease_ids))
+                except StoreError as exc:
+                    log.warning("session %s: bad release ignored: %s", session_id[:8], exc)
+
+    @_statuses
+    def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateResponse:
+        handle = self._store.create(
+            request.session_id, request.spec, request.size, replace=request.replace
+        )
+        return pb.CreateResponse(handle=handle)
+
+    @_statuses
+    def Seal(self, request: pb.SealRequest, context: grpc.ServicerContext) -> pb.SealResponse:
+        stored = self._store.seal(request.session_id, request.handle)
+        return pb.SealResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
+
+    @_statuses
+    def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.AbortResponse:
+        self._store.abort(request.session_id, request.handle)
+        return pb.AbortResponse()
+
+    @_statuses
+    def Release(
+        self, request: pb.ReleaseRequest, context: grpc.ServicerContext
+    ) -> pb.ReleaseResponse:
+        released = self._store.release(request.session_id, list(request.lease_ids))
+        return pb.ReleaseResponse(released=released)
+
+    # -- reads --------------------------------------------------------------------
 
     @_statuses
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
         obj = self._store.get(request.ref, _wait_seconds(request, context))
         if request.metadata_only:
             return pb.GetResponse(meta=obj.meta)
+        if self._wants_handle(request.transfer, request.session_id, obj.meta.size):
+            return pb.GetResponse(meta=obj.meta, handle=self._store.lease(request.session_id, obj))
         if obj.meta.size > self._inline_limit:
             return pb.GetResponse(meta=obj.meta, payload_omitted=True)
-        return pb.GetResponse(meta=obj.meta, data=self._payload_bytes(obj))
+        with self._store.read(obj) as payload:
+            return pb.GetResponse(meta=obj.meta, data=bytes(payload))
 
     @_statuses
     def GetStream(
@@ -136,15 +189,17 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     ) -> Iterator[pb.GetStreamResponse]:
         chunk_size = min(request.chunk_size or self._inline_limit, self._inline_limit)
         obj = self._store.get(request.ref, _wait_seconds(request, context))
-        view = memoryview(self._store.payload(obj))
-        yield pb.GetStreamResponse(meta=obj.meta)
-        for offset in range(0, len(view), chunk_size):
-            yield pb.GetStreamResponse(chunk=bytes(view[offset : offset + chunk_size]))
+        with self._store.read(obj) as payload:
+            yield pb.GetStreamResponse(meta=obj.meta)
+            for offset in range(0, len(payload), chunk_size):
+                yield pb.GetStreamResponse(chunk=bytes(payload[offset:offset + chunk_size]))
 
     @_statuses
     def BatchGet(
         self, request: pb.BatchGetRequest, context: grpc.ServicerContext
     ) -> pb.BatchGetResponse:
+        if request.transfer in _SHM_TRANSFERS:
+            self._store.check_session(request.session_id)
         results = self._store.get_many(list(request.refs), _wait_seconds(request, context))
         response = pb.BatchGetResponse()
         budget = BATCH_PAYLOAD_BUDGET
@@ -153,21 +208,28 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             try:
                 if isinstance(found, StoreError):
                     raise found
-                item.meta.CopyFrom(found.meta)
-                if found.meta.size <= min(budget, self._inline_limit):
-                    item.data = self._payload_bytes(found)
-                    budget -= found.meta.size
-                else:
-                    item.payload_omitted = True
+                budget -= self._fill_result(item, found, request, budget)
             except StoreError as exc:
                 item.Clear()
                 item.code = exc.code.value[0]
                 item.message = exc.message
         return response
 
-    @_statuses
-    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        return pb.DeleteResponse(deleted_ids=self._store.delete(request.ref))
+    def _fill_result(
+        self, item: pb.BatchGetResult, obj: StoredObject, request: pb.BatchGetRequest, budget: int
+    ) -> int:
+        """Put one object into a BatchGet result; return the inline bytes it used."""
+        item.meta.CopyFrom(obj.meta)
+        size = obj.meta.size
+        if self._wants_handle(request.transfer, request.session_id, size):
+            item.handle.CopyFrom(self._store.lease(request.session_id, obj))
+            return 0
+        if size > min(budget, self._inline_limit):
+            item.payload_omitted = True
+            return 0
+        with self._store.read(obj) as payload:
+            item.data = bytes(payload)
+        return size
 
     @_statuses
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
@@ -183,11 +245,49 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request: pb.SubscribeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SubscribeResponse]:
         since = request.since_sequence if request.HasField("since_sequence") else None
+        with_handles = request.transfer in _SHM_TRANSFERS
+        if with_handles:
+            self._store.check_session(request.session_id)
         subscription = self._store.subscribe(request.prefix, since)
         context.add_callback(subscription.close)
         for event in subscription:
-            yield pb.SubscribeResponse(event=event)
+            response = pb.SubscribeResponse(event=event)
+            if with_handles and event.type in (pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_REPLACE):
+                self._attach_handle(response, request)
+            yield response
 
-    def _payload_bytes(self, obj: StoredObject) -> bytes:
-        payload = self._store.payload(obj)
-        return payload if isinstance(payload, bytes) else bytes(payload)
+    def _attach_handle(self, response: pb.SubscribeResponse, request: pb.SubscribeRequest) -> None:
+        """Lease the event's object to the subscriber, if it is still stored."""
+        meta = response.event.meta
+        if not self._wants_handle(request.transfer, request.session_id, meta.size):
+            return
+        obj = self._store.find(meta.id)
+        if obj is None:
+            return
+        try:
+            response.handle.CopyFrom(self._store.lease(request.session_id, obj))
+        except StoreError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+
+
+def _receive_chunks(chunks: Iterator[pb.PutStreamRequest], target: memoryview) -> int:
+    """Copy a PutStream's chunks into ``target``, which they must fill exactly.
+
+    Returns the payload's CRC32C, computed as the chunks arrive.
+    """
+    received = 0
+    checksum = 0
+    for message in chunks:
+        if message.WhichOneof("part") != "chunk":
+            raise invalid("only chunks may follow the header")
+        chunk = message.chunk
+        end = received + len(chunk)
+        if end > len(target):
+            raise invalid(f"chunks exceed the declared size of {len(target)} bytes")
+        target[received:end] = chunk
+        checksum = crc32c.crc32c(chunk, checksum)
+        received = end
+    if received != len(target):
+        raise invalid(f"stream ended after {received} of {len(target)} bytes")
+    return checksum

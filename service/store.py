@@ -1,42 +1,56 @@
-"""The store core: objects, names, sequence, durability and events, independent of transport.
+"""The store core: objects, names, memory, sequence, durability and events.
 
 Every change happens under one lock, gets the next sequence number, updates
 the table, joins the event log, reaches subscribers and is queued for disk,
-in that order, so all of them agree on one history. Waiting for the disk
-(``sync`` mode) and reading payloads back from disk happen outside the lock.
+in that order, so all of them agree on one history. Copying payloads,
+checksumming them, reading them back from disk and waiting for fsync (in
+``sync`` mode) happen outside the lock.
+
+Payloads live in the shared-memory arena. Inline writes are copied in,
+streamed writes land chunk by chunk, and colocated writers fill a created
+region themselves; readers either copy out (inline) or take a lease on the
+region (shared memory). Independent of transport: the gRPC servicer is a thin
+layer over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import crc32c
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from improv_store import __version__
 from improv_store.v1 import store_pb2 as pb
 
 from . import validation
+from .arena import Arena, Region
 from .committer import Committer, Ticket
 from .config import ServerConfig
 from .durability import Change, LmdbBackend
 from .errors import StoreError, exhausted, invalid, not_found, unavailable
 from .eventlog import EventLog
+from .locality import ShmNamespace, arena_capacity
+from .memory import ResidentSet
 from .objects import ObjectTable, StoredObject
+from .sessions import Sessions
 from .subscriptions import Subscriber, SubscriberHub
 
 log = logging.getLogger(__name__)
 
 SEQUENCE_RESERVATION = 10_000
-_PAGE_TOKEN = re.compile(r"[1-9][0-9]*")
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+_PAGE_TOKEN = re.compile(r"[1-9][0-9]*")
 
 _DURABILITY = {
     "sync": pb.DURABILITY_SYNC,
@@ -54,7 +68,7 @@ class Stored:
 
 
 class Store:
-    """Thread-safe object store; the gRPC servicer is a thin layer over it."""
+    """Thread-safe object store."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -64,29 +78,40 @@ class Store:
         self._closing = False
         self._table = ObjectTable()
         self._hub = SubscriberHub()
+        self._sessions = Sessions()
+        self._uncommitted: deque[StoredObject] = deque()
         self._backend: LmdbBackend | None = None
         self._committer: Committer | None = None
         self._last_sequence = 0
         self._reserved_through = 0
         trimmed_through = 0
-        if config.durability != "none":
-            self._backend = LmdbBackend(
-                config.data_dir,
-                initial_map_size=config.initial_map_size,
-                event_retention=config.event_retention,
-            )
-            recovered = self._backend.recover()
-            for meta in recovered.objects:
-                self._table.add(StoredObject(meta=meta, payload=None))
-            self._last_sequence = self._reserved_through = recovered.last_sequence
-            trimmed_through = recovered.trimmed_through
-            log.info(
-                "recovered %d objects (%d bytes) from %s; last sequence %d",
-                len(self._table),
-                self._table.total_bytes,
-                config.data_dir,
-                self._last_sequence,
-            )
+        capacity = arena_capacity(config.memory)
+        self.shm = ShmNamespace(config.data_dir)
+        try:
+            if config.durability != "none":
+                self._backend = LmdbBackend(
+                    config.data_dir,
+                    initial_map_size=config.initial_map_size,
+                    event_retention=config.event_retention,
+                )
+                recovered = self._backend.recover()
+                for meta in recovered.objects:
+                    self._table.add(StoredObject(meta=meta))
+                self._last_sequence = self._reserved_through = recovered.last_sequence
+                trimmed_through = recovered.trimmed_through
+                log.info(
+                    "recovered %d objects (%d bytes) from %s; last sequence %d",
+                    len(self._table), self._table.total_bytes, config.data_dir,
+                    self._last_sequence,
+                )
+        except BaseException:
+            self.shm.close()
+            raise
+        instance = os.urandom(3).hex()
+        self._resident = ResidentSet(
+            Arena(f"{self.shm.prefix}{instance}-", capacity),
+            evictable=self._backend is not None,
+        )
         self._events = EventLog(self._backend, config.event_retention, trimmed_through)
         self._events.committed(self._last_sequence)
         if self._backend is not None:
@@ -94,32 +119,47 @@ class Store:
                 self._backend,
                 group_commit=config.durability == "sync",
                 interval=config.commit_interval,
-                on_commit=self._events.committed,
+                on_commit=self._committed,
             )
 
     # -- writes ---------------------------------------------------------------------
 
-    def check_new(self, spec: pb.ObjectSpec, size: int) -> None:
-        """Validate a new object before its payload arrives (PutStream checks early)."""
+    def check_new(self, spec: pb.ObjectSpec, size: int, *, replace: bool = False) -> None:
+        """Validate a new object before its payload arrives."""
         validation.check_spec(spec, size, self.config.max_object_size, self.config.max_name_length)
-
-    def put(
-        self,
-        spec: pb.ObjectSpec,
-        payload: bytes | memoryview,
-        *,
-        replace: bool = False,
-        checksum: int | None = None,
-    ) -> Stored:
-        """Store one object; with ``replace``, delete the older objects of its name too.
-
-        ``checksum`` is the payload's CRC32C when the caller already computed it.
-        """
-        self.check_new(spec, len(payload))
         if replace and not spec.name:
             raise invalid("replace needs a name")
-        if checksum is None:
-            checksum = crc32c.crc32c(payload)
+
+    def reserve(self, spec: pb.ObjectSpec, size: int, *, replace: bool = False) -> Region:
+        """Check a new object and allocate the region its payload will be written into."""
+        self.check_new(spec, size, replace=replace)
+        with self._lock:
+            self._check_open()
+            if spec.id and spec.id in self._table:
+                raise _exists(spec.id)
+            return self._resident.allocate(size)
+
+    def discard(self, region: Region) -> None:
+        """Free a reserved region that will not become an object."""
+        with self._lock:
+            self._resident.free(region)
+
+    def put(
+        self, spec: pb.ObjectSpec, payload: bytes | memoryview, *, replace: bool = False
+    ) -> Stored:
+        """Store one object from bytes; with ``replace``, drop the older ones of its name."""
+        region = self.reserve(spec, len(payload), replace=replace)
+        try:
+            region.view()[:] = payload
+            return self.insert(spec, region, crc32c.crc32c(payload), replace=replace)
+        except BaseException:
+            self.discard(region)
+            raise
+
+    def insert(
+        self, spec: pb.ObjectSpec, region: Region, checksum: int, *, replace: bool = False
+    ) -> Stored:
+        """Make a filled region an object. On error the caller still owns the region."""
         if spec.HasField("crc32c") and spec.crc32c != checksum:
             raise StoreError(
                 grpc.StatusCode.DATA_LOSS,
@@ -128,7 +168,7 @@ class Store:
         meta = pb.ObjectMeta(
             id=spec.id or os.urandom(validation.ID_LENGTH),
             name=spec.name,
-            size=len(payload),
+            size=region.length,
             encoding=spec.encoding or pb.ENCODING_RAW,
             crc32c=checksum,
             labels=spec.labels,
@@ -139,23 +179,25 @@ class Store:
         with self._lock:
             self._check_open()
             if meta.id in self._table:
-                raise StoreError(
-                    grpc.StatusCode.ALREADY_EXISTS, f"object {meta.id.hex()} already exists"
-                )
+                raise _exists(meta.id)
             replaced = self._table.ids_named(meta.name) if replace else []
-            sequence = self._next_sequence()
-            meta.sequence = sequence
-            self._table.add(StoredObject(meta=meta, payload=payload))
+            meta.sequence = self._next_sequence()
+            obj = StoredObject(meta=meta, committing=self._backend is not None)
+            self._table.add(obj)
+            self._resident.admit(obj, region)
+            if obj.committing:
+                self._uncommitted.append(obj)
             for object_id in replaced:
-                self._table.remove(object_id)
+                self._drop(self._table.remove(object_id))
             event = pb.Event(
-                sequence=sequence,
+                sequence=meta.sequence,
                 type=pb.EVENT_TYPE_REPLACE if replace else pb.EVENT_TYPE_PUT,
                 meta=meta,
                 replaced_ids=replaced,
                 time=meta.create_time,
             )
-            ticket = self._record(Change(event=event, stored=(meta, payload), removed=replaced))
+            stored = (meta, region.view())
+            ticket = self._record(Change(event=event, stored=stored, removed=replaced))
             self._changed.notify_all()
         self._await_durable(ticket)
         return Stored(meta=meta, replaced_ids=replaced)
@@ -174,6 +216,7 @@ class Store:
                 raise not_found(f"no object {_describe(ref)}")
             for object_id in ids:
                 removed = self._table.remove(object_id)
+                self._drop(removed)
                 event = pb.Event(
                     sequence=self._next_sequence(), type=pb.EVENT_TYPE_DELETE, meta=removed.meta
                 )
@@ -181,6 +224,10 @@ class Store:
                 ticket = self._record(Change(event=event, removed=(object_id,)))
         self._await_durable(ticket)
         return ids
+
+    def _drop(self, obj: StoredObject) -> None:
+        obj.deleted = True
+        self._resident.forget(obj)
 
     def _next_sequence(self) -> int:
         self._last_sequence += 1
@@ -198,13 +245,135 @@ class Store:
         if ticket is not None and self.config.durability == "sync":
             ticket.wait()
 
+    def _committed(self, sequence: int) -> None:
+        """The committer has everything through ``sequence`` on disk."""
+        self._events.committed(sequence)
+        with self._lock:
+            while self._uncommitted and self._uncommitted[0].meta.sequence <= sequence:
+                obj = self._uncommitted.popleft()
+                obj.committing = False
+                self._resident.release_if_unused(obj)
+
+    # -- colocated writes -----------------------------------------------------------
+
+    def create(
+        self, session_id: str, spec: pb.ObjectSpec, size: int, *, replace: bool
+    ) -> pb.ShmHandle:
+        """Reserve a region for a session to fill; it becomes an object on seal."""
+        self.check_session(session_id)
+        region = self.reserve(spec, size, replace=replace)
+        with self._lock:
+            try:
+                session = self._sessions.get(session_id)
+            except StoreError:
+                self._resident.free(region)
+                raise
+            return self._sessions.add_create(session, spec, region, replace).handle()
+
+    def seal(self, session_id: str, handle: pb.ShmHandle) -> Stored:
+        """Store a region the session filled, checked against the handle it was given."""
+        with self._lock:
+            pending = self._sessions.take_create(self._sessions.get(session_id), handle)
+        try:
+            checksum = crc32c.crc32c(pending.region.view())
+            return self.insert(pending.spec, pending.region, checksum, replace=pending.replace)
+        except BaseException:
+            self.discard(pending.region)
+            raise
+
+    def abort(self, session_id: str, handle: pb.ShmHandle) -> None:
+        """Give up a created region."""
+        with self._lock:
+            pending = self._sessions.take_create(self._sessions.get(session_id), handle)
+            self._resident.free(pending.region)
+
+    # -- sessions and leases --------------------------------------------------------
+
+    def open_session(self) -> str:
+        with self._lock:
+            self._check_open()
+            return self._sessions.open().session_id
+
+    def check_session(self, session_id: str) -> None:
+        """FAILED_PRECONDITION unless ``session_id`` names an open session."""
+        with self._lock:
+            self._sessions.get(session_id)
+
+    def close_session(self, session_id: str) -> None:
+        """The session ended: drop its leases and free its unsealed regions."""
+        with self._lock:
+            objects, regions = self._sessions.close(session_id)
+            for obj in objects:
+                self._resident.unpin(obj)
+            for region in regions:
+                self._resident.free(region)
+        if objects or regions:
+            log.debug(
+                "session %s ended holding %d leases and %d creates",
+                session_id[:8], len(objects), len(regions),
+            )
+
+    def release(self, session_id: str, lease_ids: list[int]) -> int:
+        """Drop a session's leases; return how many were released."""
+        with self._lock:
+            objects = self._sessions.release(self._sessions.get(session_id), lease_ids)
+            for obj in objects:
+                self._resident.unpin(obj)
+        return len(objects)
+
+    def lease(self, session_id: str, obj: StoredObject) -> pb.ShmHandle:
+        """A handle on the object's payload, pinned for the session until released."""
+        self._pin_resident(obj)
+        with self._lock:
+            try:
+                return self._sessions.lease(self._sessions.get(session_id), obj)
+            except StoreError:
+                self._resident.unpin(obj)
+                raise
+
+    @contextlib.contextmanager
+    def read(self, obj: StoredObject) -> Iterator[memoryview]:
+        """The payload, pinned in memory while the caller copies it out."""
+        self._pin_resident(obj)
+        try:
+            yield obj.region.view()
+        finally:
+            with self._lock:
+                self._resident.unpin(obj)
+
+    def _pin_resident(self, obj: StoredObject) -> None:
+        """Pin the object with its payload in memory, loading it from disk if evicted."""
+        with self._lock:
+            if obj.deleted:
+                raise not_found(f"object {obj.meta.id.hex()} was deleted")
+            if obj.region is not None:
+                self._resident.pin(obj)
+                self._resident.touch(obj)
+                return
+            region = self._resident.allocate(obj.meta.size)
+        try:
+            backend = self._backend
+            if backend is None or not backend.read_payload_into(obj.meta, region.view()):
+                raise not_found(f"object {obj.meta.id.hex()} was deleted")
+        except BaseException:
+            self.discard(region)
+            raise
+        with self._lock:
+            if obj.region is None and not obj.deleted:
+                self._resident.admit(obj, region)
+            else:
+                self._resident.free(region)
+                if obj.deleted:
+                    raise not_found(f"object {obj.meta.id.hex()} was deleted")
+            self._resident.pin(obj)
+
     # -- reads ----------------------------------------------------------------------
 
     def get(self, ref: pb.ObjectRef, wait: float = 0.0) -> StoredObject:
         """Find an object, waiting up to ``wait`` seconds for it to appear.
 
-        Waiting past ``wait`` is DEADLINE_EXCEEDED. The payload may still be
-        on disk only: read it through ``payload``.
+        Waiting past ``wait`` is DEADLINE_EXCEEDED. Read the payload through
+        ``read`` or ``lease``.
         """
         validation.check_ref(ref, self.config.max_name_length)
         deadline = time.monotonic() + wait
@@ -213,7 +382,7 @@ class Store:
                 self._check_open()
                 obj = self._lookup(ref)
                 if obj is not None:
-                    break
+                    return obj
                 remaining = deadline - time.monotonic()
                 if wait <= 0:
                     raise not_found(f"no object {_describe(ref)}")
@@ -223,7 +392,6 @@ class Store:
                         f"object {_describe(ref)} did not appear within {wait:g} s",
                     )
                 self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
-        return obj
 
     def get_many(
         self, refs: list[pb.ObjectRef], wait: float = 0.0
@@ -234,31 +402,28 @@ class Store:
         deadline = time.monotonic() + wait
         results: list[StoredObject | StoreError] = []
         for ref in refs:
+            remaining = max(0.0, deadline - time.monotonic()) if wait else 0.0
             try:
-                results.append(
-                    self.get(ref, max(0.0, deadline - time.monotonic()) if wait else 0.0)
-                )
+                results.append(self.get(ref, remaining))
             except StoreError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     raise
                 results.append(exc)
         return results
 
+    def find(self, object_id: bytes) -> StoredObject | None:
+        """The object with this ID if it is still stored."""
+        with self._lock:
+            return self._table.by_id(object_id)
+
     def _lookup(self, ref: pb.ObjectRef) -> StoredObject | None:
         if ref.WhichOneof("ref") == "id":
             return self._table.by_id(ref.id)
         return self._table.newest(ref.name)
 
-    def payload(self, obj: StoredObject) -> bytes | memoryview:
-        """An object's payload, read back from disk (checksum verified) if not in memory."""
-        if obj.payload is None:
-            payload = self._backend.read_payload(obj.meta) if self._backend else None
-            if payload is None:
-                raise not_found(f"object {obj.meta.id.hex()} was deleted")
-            obj.payload = payload
-        return obj.payload
-
-    def list(self, prefix: str, page_size: int, page_token: str) -> tuple[list[pb.ObjectMeta], str]:
+    def list(
+        self, prefix: str, page_size: int, page_token: str
+    ) -> tuple[list[pb.ObjectMeta], str]:
         """One page of objects whose name starts with ``prefix``, in sequence order."""
         if len(prefix.encode()) > self.config.max_name_length:
             raise invalid(f"prefix is longer than the name limit of {self.config.max_name_length}")
@@ -274,7 +439,8 @@ class Store:
         """What the server is, what it enforces and how much it holds."""
         config = self.config
         with self._lock:
-            response = pb.InfoResponse(
+            arena = self._resident.arena
+            return pb.InfoResponse(
                 version=__version__,
                 durability=_DURABILITY[config.durability],
                 limits=pb.Limits(
@@ -283,6 +449,7 @@ class Store:
                     max_name_length=config.max_name_length,
                     max_batch_size=config.max_batch_size,
                     max_message_size=config.max_message_size,
+                    shm_min_size=config.shm_min_size,
                 ),
                 object_count=len(self._table),
                 total_bytes=self._table.total_bytes,
@@ -291,8 +458,18 @@ class Store:
                 committed_sequence=self._events.committed_sequence if self._backend else 0,
                 start_time=Timestamp(seconds=int(self.start_time)),
                 subscriber_count=len(self._hub),
+                arena=pb.ArenaUsage(
+                    capacity=arena.capacity,
+                    used=arena.used,
+                    pinned=self._resident.pinned_bytes + self._sessions.pending_bytes,
+                    evictions=self._resident.evictions,
+                    segments=arena.segment_count,
+                    sessions=len(self._sessions),
+                    resident_objects=len(self._resident),
+                ),
+                locality_token_name=self.shm.token_name,
+                locality_token=self.shm.token,
             )
-        return response
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -334,12 +511,14 @@ class Store:
         self._hub.close_all()
 
     def close(self) -> None:
-        """Flush everything to disk and release it. Call after the transport has stopped."""
+        """Flush to disk, release shared memory. Call after the transport has stopped."""
         self.begin_shutdown()
         if self._committer is not None:
             self._committer.close()
         if self._backend is not None:
             self._backend.close(last_sequence=self._last_sequence)
+        self._resident.arena.close()
+        self.shm.close()
         log.info("store closed at sequence %d", self._last_sequence)
 
 
@@ -368,6 +547,10 @@ class Subscription:
             yield from self._subscriber.live()
         finally:
             self._on_end(self._subscriber)
+
+
+def _exists(object_id: bytes) -> StoreError:
+    return StoreError(grpc.StatusCode.ALREADY_EXISTS, f"object {object_id.hex()} already exists")
 
 
 def _describe(ref: pb.ObjectRef) -> str:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import grpc
+
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreError, unavailable

@@ -6,6 +6,7 @@ import math
 import re
 
 import numpy as np
+
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import exhausted, invalid

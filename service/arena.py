@@ -1,0 +1,203 @@
+"""The shared-memory arena: object regions carved out of segments in /dev/shm.
+
+Segments are created on demand (fallocated, so a full /dev/shm is a clean
+error rather than a SIGBUS later), up to the arena's capacity, and are kept
+once made: freed regions are reused while their pages are warm. Every name
+carries the store's prefix so a restarted server can remove what a crashed
+predecessor left behind, and every file is owner-only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import mmap
+import os
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+ALIGNMENT = 64
+SEGMENT_SIZE = 64 << 20
+_LARGE_ROUNDING = 1 << 20
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class ArenaFull(Exception):
+    """No room for a region even after every reclaimable segment was dropped."""
+
+
+@dataclass(eq=False)
+class Region:
+    """A live allocation: ``length`` bytes at ``offset`` in ``segment``."""
+
+    segment: Segment
+    offset: int
+    length: int
+    reserved: int
+
+    def view(self) -> memoryview:
+        """A writable view of the region in the server's own mapping."""
+        return self.segment.view[self.offset:self.offset + self.length]
+
+
+@dataclass(eq=False)
+class Segment:
+    """One /dev/shm file, mapped once, with a first-fit free list."""
+
+    name: str
+    size: int
+    mapping: mmap.mmap
+    view: memoryview
+    free_blocks: list[list[int]] = field(default_factory=list)  # [offset, size], by offset
+    used: int = 0
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Segment:
+        path = os.path.join(SHM_DIR, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError:
+                os.unlink(path)
+                raise
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _populate_flag())
+        finally:
+            os.close(fd)
+        return cls(name=name, size=size, mapping=mapping, view=memoryview(mapping),
+                   free_blocks=[[0, size]])
+
+    def allocate(self, size: int) -> int | None:
+        """Offset of a free block of ``size`` bytes (already aligned), or None."""
+        for index, (offset, block_size) in enumerate(self.free_blocks):
+            if block_size >= size:
+                if block_size == size:
+                    del self.free_blocks[index]
+                else:
+                    self.free_blocks[index] = [offset + size, block_size - size]
+                self.used += size
+                return offset
+        return None
+
+    def release(self, offset: int, size: int) -> None:
+        """Return a block, merging it with free neighbours."""
+        self.used -= size
+        blocks = self.free_blocks
+        index = bisect.bisect_left(blocks, [offset, 0])
+        if index > 0 and blocks[index - 1][0] + blocks[index - 1][1] == offset:
+            index -= 1
+            blocks[index][1] += size
+        else:
+            blocks.insert(index, [offset, size])
+        following = index + 1
+        if following < len(blocks) and blocks[index][0] + blocks[index][1] == blocks[following][0]:
+            blocks[index][1] += blocks[following][1]
+            del blocks[following]
+
+    def close(self) -> None:
+        self.view.release()
+        self.mapping.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM_DIR, self.name))
+
+
+def _populate_flag() -> int:
+    """MAP_POPULATE where the platform has it: fault the pages in once, up front."""
+    return getattr(mmap, "MAP_POPULATE", 0)
+
+
+class Arena:
+    """Allocates object regions within ``capacity`` bytes of shared memory. Not thread-safe."""
+
+    def __init__(self, prefix: str, capacity: int, segment_size: int = SEGMENT_SIZE) -> None:
+        self.prefix = prefix
+        self.capacity = capacity
+        self._segment_size = min(segment_size, capacity)
+        self._segments: list[Segment] = []
+        self._next_segment = 0
+
+    @property
+    def reserved(self) -> int:
+        """Bytes of /dev/shm the arena holds (its segments)."""
+        return sum(segment.size for segment in self._segments)
+
+    @property
+    def used(self) -> int:
+        """Bytes of the segments allocated to regions."""
+        return sum(segment.used for segment in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    def allocate(self, length: int) -> Region:
+        """A region of ``length`` bytes; ArenaFull when there is no room without evicting."""
+        size = _round_up(max(length, 1), ALIGNMENT)
+        for segment in self._segments:
+            offset = segment.allocate(size)
+            if offset is not None:
+                return Region(segment, offset, length, size)
+        segment = self._new_segment(size)
+        offset = segment.allocate(size)
+        assert offset is not None
+        return Region(segment, offset, length, size)
+
+    def free(self, region: Region) -> None:
+        region.segment.release(region.offset, region.reserved)
+
+    def _new_segment(self, size: int) -> Segment:
+        segment_size = max(self._segment_size, _round_up(size, _LARGE_ROUNDING))
+        if self.reserved + segment_size > self.capacity:
+            self._drop_empty_segments()
+        if self.reserved + segment_size > self.capacity:
+            raise ArenaFull(size)
+        name = f"{self.prefix}{self._next_segment}"
+        self._next_segment += 1
+        try:
+            segment = Segment.create(name, segment_size)
+        except OSError as exc:
+            raise ArenaFull(f"cannot create a {segment_size}-byte segment in {SHM_DIR}: {exc}") \
+                from None
+        self._segments.append(segment)
+        log.debug("created segment %s of %d bytes", name, segment_size)
+        return segment
+
+    def _drop_empty_segments(self) -> None:
+        for segment in [s for s in self._segments if s.used == 0]:
+            self._segments.remove(segment)
+            segment.close()
+
+    def segment_named(self, name: str) -> Segment | None:
+        for segment in self._segments:
+            if segment.name == name:
+                return segment
+        return None
+
+    def close(self) -> None:
+        """Unmap and unlink every segment."""
+        for segment in self._segments:
+            segment.close()
+        self._segments.clear()
+
+
+def remove_stale_segments(prefix: str, keep: tuple[str, ...] = ()) -> list[str]:
+    """Unlink /dev/shm files with ``prefix`` left by a crashed server of the same store."""
+    removed = []
+    for name in os.listdir(SHM_DIR):
+        if name.startswith(prefix) and name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+    return removed
+
+
+def shm_free_bytes() -> int:
+    """Bytes free in /dev/shm."""
+    stats = os.statvfs(SHM_DIR)
+    return stats.f_bavail * stats.f_frsize

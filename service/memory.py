@@ -1,0 +1,95 @@
+"""Which payloads are resident in shared memory, and making room for new ones.
+
+Objects whose payload is resident sit in least-recently-used order. To make
+room, the oldest objects that are unpinned and already committed to LMDB are
+evicted (a later read loads them back); pinned, uncommitted and memory-only
+objects never are. When nothing can be evicted the put fails at once with
+RESOURCE_EXHAUSTED: it never waits for memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from .arena import Arena, ArenaFull, Region
+from .errors import exhausted
+from .objects import StoredObject
+
+log = logging.getLogger(__name__)
+
+
+class ResidentSet:
+    """The arena plus LRU bookkeeping. Not thread-safe: the store's lock covers it."""
+
+    def __init__(self, arena: Arena, *, evictable: bool) -> None:
+        self.arena = arena
+        self._evictable = evictable
+        self._lru: OrderedDict[bytes, StoredObject] = OrderedDict()
+        self.evictions = 0
+        self.pinned_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def allocate(self, length: int) -> Region:
+        """A region for a new payload, evicting cold durable objects if needed."""
+        while True:
+            try:
+                return self.arena.allocate(length)
+            except ArenaFull:
+                if not self._evict_one():
+                    raise exhausted(
+                        f"shared memory full: {length} bytes needed; capacity"
+                        f" {self.arena.capacity}, used {self.arena.used}, pinned"
+                        f" {self.pinned_bytes} bytes, and nothing left to evict"
+                    ) from None
+
+    def _evict_one(self) -> bool:
+        if not self._evictable:
+            return False
+        for object_id, obj in self._lru.items():
+            if obj.pins == 0 and not obj.committing:
+                del self._lru[object_id]
+                self.arena.free(obj.region)
+                obj.region = None
+                self.evictions += 1
+                log.debug("evicted %s (%d bytes)", object_id.hex(), obj.meta.size)
+                return True
+        return False
+
+    def admit(self, obj: StoredObject, region: Region) -> None:
+        """Make ``region`` the object's resident payload, most recently used."""
+        obj.region = region
+        self._lru[obj.object_id] = obj
+
+    def touch(self, obj: StoredObject) -> None:
+        """Note a use, so the object is evicted later rather than sooner."""
+        if obj.object_id in self._lru:
+            self._lru.move_to_end(obj.object_id)
+
+    def pin(self, obj: StoredObject) -> None:
+        if obj.pins == 0:
+            self.pinned_bytes += obj.meta.size
+        obj.pins += 1
+
+    def unpin(self, obj: StoredObject) -> None:
+        obj.pins -= 1
+        if obj.pins == 0:
+            self.pinned_bytes -= obj.meta.size
+            self.release_if_unused(obj)
+
+    def forget(self, obj: StoredObject) -> None:
+        """The object was deleted: stop tracking it and free its memory once unused."""
+        self._lru.pop(obj.object_id, None)
+        self.release_if_unused(obj)
+
+    def release_if_unused(self, obj: StoredObject) -> None:
+        """Free a deleted object's region when no pin or pending commit needs it."""
+        if obj.deleted and obj.region is not None and obj.pins == 0 and not obj.committing:
+            self.arena.free(obj.region)
+            obj.region = None
+
+    def free(self, region: Region) -> None:
+        """Return a region that never became an object's (failed put, abort)."""
+        self.arena.free(region)
