@@ -1,7 +1,7 @@
 """People's tools on the ``improv-store`` command: put, get, ls, rm, watch, info, health.
 
-Exit codes: 0 success, 1 object not found (or health not SERVING), 2 usage,
-3 store unreachable, 4 any other store error.
+Exit codes: 0 success, 1 object not found (or health not SERVING), 2 usage (or a
+local file that cannot be read or written), 3 store unreachable, 4 any other store error.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def _guarded(handler: Callable[[StoreClient, argparse.Namespace], int]) -> Calla
         except StoreError as exc:
             _error(f"{exc.code.name}: {exc}")
             return EXIT_STORE_ERROR
+        except OSError as exc:  # after StoreError: some of those are OSErrors too
+            _error(str(exc))
+            return 2
         except KeyboardInterrupt:
             return 0
 
@@ -124,7 +127,8 @@ def _get(store: StoreClient, args: argparse.Namespace) -> int:
     obj = store.get(parse_ref(args.ref), timeout=args.wait)
     if isinstance(obj, np.ndarray):
         if args.output:
-            np.save(args.output, obj)
+            with open(args.output, "wb") as handle:
+                np.save(handle, obj)
         elif sys.stdout.isatty():
             print(obj)
         else:
