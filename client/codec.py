@@ -1,28 +1,67 @@
-"""Turn Python objects into (encoding, layout, payload) and back.
+"""Turn Python objects into (encoding, layout, payload parts) and back.
 
 numpy arrays travel as ENCODING_NDARRAY (raw elements plus dtype, shape and
 order), readable from any language; bytes as ENCODING_RAW; everything else as
-ENCODING_PICKLE (protocol 5). Encoding avoids copies: a C- or Fortran-
-contiguous array is sent from its own memory.
+a pickle (protocol 5). A pickle whose objects expose large contiguous buffers
+(arrays inside a dict, say) keeps them out of band, ENCODING_PICKLE_BUFFERS,
+so they are copied once on the way in and read in place on the way out.
+Encoding avoids copies: payload parts are views on the caller's memory.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from improv_store.v1 import store_pb2 as pb
+
+BUFFER_ALIGNMENT = 64
+_COUNTS = struct.Struct("<IQ")
+_LENGTH = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """A payload ready to send: how to read it, and its bytes (a flat byte view)."""
+    """A payload ready to send: how to read it, and its bytes as consecutive parts."""
 
     encoding: int
-    payload: memoryview
+    parts: tuple[memoryview, ...]
     array: pb.ArrayLayout | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def to_bytes(self) -> bytes:
+        """The payload as one bytes object (one copy)."""
+        return self.parts[0].tobytes() if len(self.parts) == 1 else b"".join(self.parts)
+
+    def write_into(self, target: memoryview) -> None:
+        """Copy the payload into ``target``, which has exactly its size."""
+        offset = 0
+        for part in self.parts:
+            target[offset : offset + len(part)] = part
+            offset += len(part)
+
+    def chunks(self, chunk_size: int) -> Iterator[bytes]:
+        """The payload in chunks of at most ``chunk_size`` bytes, copying one chunk at a time."""
+        pending: list[memoryview] = []
+        pending_size = 0
+        for part in self.parts:
+            for offset in range(0, len(part), chunk_size):
+                piece = part[offset : offset + chunk_size]
+                if pending_size + len(piece) > chunk_size:
+                    yield b"".join(pending)
+                    pending, pending_size = [], 0
+                pending.append(piece)
+                pending_size += len(piece)
+        if pending:
+            yield b"".join(pending)
 
 
 def encode(obj: Any) -> Encoded:
@@ -33,8 +72,8 @@ def encode(obj: Any) -> Encoded:
         view = memoryview(obj)
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
-        return Encoded(pb.ENCODING_RAW, view.cast("B") if view.format != "B" else view)
-    return Encoded(pb.ENCODING_PICKLE, memoryview(pickle.dumps(obj, protocol=5)))
+        return Encoded(pb.ENCODING_RAW, (view.cast("B") if view.format != "B" else view,))
+    return _encode_pickle(obj)
 
 
 def _is_plain_dtype(dtype: np.dtype) -> bool:
@@ -50,10 +89,28 @@ def _encode_array(array: np.ndarray) -> Encoded:
     else:
         order, flat = pb.ARRAY_ORDER_C, np.ascontiguousarray(array).reshape(-1)
     layout = pb.ArrayLayout(dtype=array.dtype.str, shape=array.shape, order=order)
-    return Encoded(pb.ENCODING_NDARRAY, memoryview(flat.view(np.uint8)), layout)
+    return Encoded(pb.ENCODING_NDARRAY, (memoryview(flat.view(np.uint8)),), layout)
 
 
-def decode(meta: pb.ObjectMeta, payload: bytes | bytearray | memoryview) -> Any:
+def _encode_pickle(obj: Any) -> Encoded:
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    if not buffers:
+        return Encoded(pb.ENCODING_PICKLE, (memoryview(data),))
+    raw = [buffer.raw() for buffer in buffers]
+    header = _COUNTS.pack(len(raw), len(data)) + b"".join(_LENGTH.pack(len(r)) for r in raw)
+    parts: list[memoryview] = [memoryview(header), memoryview(data)]
+    position = len(header) + len(data)
+    for buffer in raw:
+        padding = -position % BUFFER_ALIGNMENT
+        if padding:
+            parts.append(memoryview(bytes(padding)))
+        parts.append(buffer)
+        position += padding + len(buffer)
+    return Encoded(pb.ENCODING_PICKLE_BUFFERS, tuple(parts))
+
+
+def decode(meta: pb.ObjectMeta, payload: bytes | bytearray | memoryview | np.ndarray) -> Any:
     """Rebuild the stored object; arrays come back read-only, as views on ``payload``."""
     if meta.encoding == pb.ENCODING_NDARRAY:
         layout = meta.array
@@ -64,4 +121,21 @@ def decode(meta: pb.ObjectMeta, payload: bytes | bytearray | memoryview) -> Any:
         return array
     if meta.encoding == pb.ENCODING_PICKLE:
         return pickle.loads(payload)
+    if meta.encoding == pb.ENCODING_PICKLE_BUFFERS:
+        return _decode_pickle_buffers(memoryview(payload).cast("B").toreadonly())
     return payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def _decode_pickle_buffers(view: memoryview) -> Any:
+    count, pickle_length = _COUNTS.unpack_from(view)
+    position = _COUNTS.size
+    lengths = [_LENGTH.unpack_from(view, position + i * _LENGTH.size)[0] for i in range(count)]
+    position += count * _LENGTH.size
+    data = view[position : position + pickle_length]
+    position += pickle_length
+    buffers = []
+    for length in lengths:
+        position += -position % BUFFER_ALIGNMENT
+        buffers.append(view[position : position + length])
+        position += length
+    return pickle.loads(data, buffers=buffers)

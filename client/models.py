@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from improv_store.v1 import store_pb2 as pb
 
 from .ids import ObjectID
 
-_ENCODINGS = {pb.ENCODING_RAW: "raw", pb.ENCODING_NDARRAY: "ndarray", pb.ENCODING_PICKLE: "pickle"}
+_ENCODINGS = {
+    pb.ENCODING_RAW: "raw",
+    pb.ENCODING_NDARRAY: "ndarray",
+    pb.ENCODING_PICKLE: "pickle",
+    pb.ENCODING_PICKLE_BUFFERS: "pickle",
+}
 _EVENT_TYPES = {
     pb.EVENT_TYPE_PUT: "put",
     pb.EVENT_TYPE_DELETE: "delete",
@@ -58,22 +64,27 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Event:
-    """One change: ``type`` is "put", "delete" or "replace"."""
+    """One change: ``type`` is "put", "delete" or "replace".
+
+    ``value`` is the stored object when the subscription asked for values.
+    """
 
     sequence: int
     type: str
     object: ObjectInfo
     replaced: tuple[ObjectID, ...]
     time: datetime
+    value: Any = None
 
     @classmethod
-    def from_proto(cls, event: pb.Event) -> Event:
+    def from_proto(cls, event: pb.Event, value: Any = None) -> Event:
         return cls(
             sequence=event.sequence,
             type=_EVENT_TYPES.get(event.type, "unknown"),
             object=ObjectInfo.from_proto(event.meta),
             replaced=tuple(ObjectID(raw) for raw in event.replaced_ids),
             time=_time(event.time),
+            value=value,
         )
 
 
@@ -94,6 +105,14 @@ class StoreInfo:
     inline_limit: int
     max_name_length: int
     max_batch_size: int
+    shm_min_size: int
+    arena_capacity: int
+    arena_used: int
+    arena_pinned: int
+    evictions: int
+    resident_objects: int
+    segments: int
+    sessions: int
 
     @classmethod
     def from_proto(cls, info: pb.InfoResponse) -> StoreInfo:
@@ -111,4 +130,12 @@ class StoreInfo:
             inline_limit=info.limits.inline_limit,
             max_name_length=info.limits.max_name_length,
             max_batch_size=info.limits.max_batch_size,
+            shm_min_size=info.limits.shm_min_size,
+            arena_capacity=info.arena.capacity,
+            arena_used=info.arena.used,
+            arena_pinned=info.arena.pinned,
+            evictions=info.arena.evictions,
+            resident_objects=info.arena.resident_objects,
+            segments=info.arena.segments,
+            sessions=info.arena.sessions,
         )

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
+
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
 from . import codec
-from .errors import StoreError, error_for, from_rpc_error, resume_sequence
+from .errors import ObjectNotFound, StoreError, error_for, from_rpc_error, resume_sequence
 from .ids import ObjectID
 from .models import Event, ObjectInfo, StoreInfo
+from .session import Session
+from .shm import SegmentMaps, is_colocated, read_only
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,7 @@ DEFAULT_ADDRESS = "unix:///tmp/improv-store.sock"
 # default inline limit, and each chunk is at most this size.
 INLINE_LIMIT = 4 << 20
 MAX_MESSAGE_SIZE = 32 << 20
+TRANSFER_MODES = ("auto", "shm", "inline")
 
 Ref = ObjectID | bytes | str
 
@@ -63,13 +69,26 @@ class StoreClient:
     ``address`` defaults to ``$IMPROV_STORE_ADDRESS``, else the default unix
     socket. ``timeout`` is the deadline, in seconds, for each call (None: no
     deadline); waits asked for with ``get(..., timeout=)`` are added to it.
+    ``transfer`` (default ``$IMPROV_STORE_TRANSFER``, else ``auto``) says how
+    payloads move: ``auto`` uses shared memory when this process shares the
+    server's /dev/shm and inline bytes otherwise; ``shm`` insists on shared
+    memory; ``inline`` never uses it.
     """
 
-    def __init__(self, address: str | None = None, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float | None = None,
+        transfer: str | None = None,
+    ) -> None:
         self.address = normalize_address(
             address or os.environ.get("IMPROV_STORE_ADDRESS", DEFAULT_ADDRESS)
         )
         self.timeout = timeout
+        self.transfer = transfer or os.environ.get("IMPROV_STORE_TRANSFER", "auto")
+        if self.transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {self.transfer!r}")
         self._channel = grpc.insecure_channel(
             self.address,
             options=[
@@ -78,6 +97,9 @@ class StoreClient:
             ],
         )
         self._stub = store_pb2_grpc.StoreServiceStub(self._channel)
+        self._local_lock = threading.Lock()
+        self._local: _Local | None = None
+        self._local_checked = False
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -88,7 +110,10 @@ class StoreClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; open subscriptions end."""
+        """Close the connection: subscriptions end and the server drops this client's leases."""
+        with self._local_lock:
+            if self._local is not None and self._local.session is not None:
+                self._local.session.close()
         self._channel.close()
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:
@@ -100,12 +125,73 @@ class StoreClient:
                 grpc.StatusCode.UNAVAILABLE, f"no store answered at {self.address} in {timeout} s"
             ) from None
 
+    @property
+    def colocated(self) -> bool:
+        """Whether payloads move through shared memory for this client."""
+        return self._shared_memory() is not None
+
     def _call(self, method: Any, request: Any, extra_time: float = 0.0) -> Any:
         timeout = None if self.timeout is None else self.timeout + extra_time
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+
+    # -- shared memory --------------------------------------------------------------
+
+    def _shared_memory(self) -> _Local | None:
+        """The shared-memory state when this client uses it (decided once, by the token)."""
+        if self.transfer == "inline":
+            return None
+        with self._local_lock:
+            if not self._local_checked:
+                info = self._call(self._stub.Info, pb.InfoRequest())
+                if is_colocated(info.locality_token_name, info.locality_token):
+                    minimum = 1 if self.transfer == "shm" else info.limits.shm_min_size
+                    self._local = _Local(maps=SegmentMaps(), min_size=minimum)
+                elif self.transfer == "shm":
+                    raise StoreError(
+                        f"IMPROV_STORE_TRANSFER=shm, but the store at {self.address} does not"
+                        " share this process's /dev/shm"
+                    )
+                self._local_checked = True
+            return self._local
+
+    def _session(self, local: _Local) -> Session:
+        with self._local_lock:
+            if local.session is None or not local.session.alive:
+                try:
+                    local.session = Session(self._stub)
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+            return local.session
+
+    def _call_with_session(
+        self,
+        method: Any,
+        make_request: Callable[[_Local | None, str], Any],
+        extra_time: float = 0.0,
+    ) -> tuple[Any, _Local | None]:
+        """Call with the shared-memory session filled in; retry once if it was lost."""
+        local = self._shared_memory()
+        for attempt in range(2):
+            session_id = self._session(local).session_id if local else ""
+            try:
+                return self._call(method, make_request(local, session_id), extra_time), local
+            except StoreError as exc:
+                if exc.code != grpc.StatusCode.FAILED_PRECONDITION or not local or attempt:
+                    raise
+                local.session = None
+        raise AssertionError("unreachable")
+
+    def _transfer(self) -> int:
+        return pb.TRANSFER_SHM if self.transfer == "shm" else pb.TRANSFER_AUTO
+
+    def _from_handle(self, local: _Local, meta: pb.ObjectMeta, handle: pb.ShmHandle) -> Any:
+        """Decode a payload in place; its lease is released when the result is garbage."""
+        session = self._session(local)
+        exporter = local.maps.region(handle, on_release=session.release)
+        return codec.decode(meta, read_only(exporter))
 
     # -- writing ------------------------------------------------------------------
 
@@ -118,13 +204,11 @@ class StoreClient:
         labels: dict[str, str] | None = None,
     ) -> ObjectID:
         """Store ``obj`` (ndarray, bytes, or anything picklable); return its ID."""
-        meta, _ = self._store(obj, name, id, labels, replace=False)
-        return ObjectID(meta.id)
+        return ObjectID(self._store(obj, name, id, labels, replace=False).id)
 
     def replace(self, name: str, obj: Any, *, labels: dict[str, str] | None = None) -> ObjectID:
         """Store ``obj`` under ``name`` and delete the older objects of that name, atomically."""
-        meta, _ = self._store(obj, name, None, labels, replace=True)
-        return ObjectID(meta.id)
+        return ObjectID(self._store(obj, name, None, labels, replace=True).id)
 
     def _store(
         self,
@@ -134,7 +218,7 @@ class StoreClient:
         labels: dict[str, str] | None,
         *,
         replace: bool,
-    ) -> tuple[pb.ObjectMeta, list[bytes]]:
+    ) -> pb.ObjectMeta:
         encoded = codec.encode(obj)
         spec = pb.ObjectSpec(
             id=bytes(object_id) if object_id is not None else b"",
@@ -143,18 +227,72 @@ class StoreClient:
             array=encoded.array,
             labels=labels or {},
         )
-        payload = encoded.payload
-        if len(payload) <= INLINE_LIMIT:
+        size = encoded.size
+        local = self._shared_memory()
+        if local is not None and size >= local.min_size:
+            return self._store_in_place(local, spec, size, encoded.write_into, replace)
+        if size <= INLINE_LIMIT:
             if replace:
-                response = self._call(
-                    self._stub.Replace, pb.ReplaceRequest(spec=spec, data=bytes(payload))
-                )
-            else:
-                response = self._call(self._stub.Put, pb.PutRequest(spec=spec, data=bytes(payload)))
-            return response.meta, list(getattr(response, "replaced_ids", ()))
-        header = pb.PutStreamHeader(spec=spec, size=len(payload), replace=replace)
-        response = self._call(self._stub.PutStream, _chunked(header, payload))
-        return response.meta, list(response.replaced_ids)
+                request = pb.ReplaceRequest(spec=spec, data=encoded.to_bytes())
+                return self._call(self._stub.Replace, request).meta
+            return self._call(
+                self._stub.Put, pb.PutRequest(spec=spec, data=encoded.to_bytes())
+            ).meta
+        header = pb.PutStreamHeader(spec=spec, size=size, replace=replace)
+        return self._call(self._stub.PutStream, _chunked(header, encoded)).meta
+
+    def _store_in_place(
+        self,
+        local: _Local,
+        spec: pb.ObjectSpec,
+        size: int,
+        fill: Callable[[memoryview], None],
+        replace: bool,
+    ) -> pb.ObjectMeta:
+        """Create a region, fill it, seal it; abort if filling fails."""
+        session = self._session(local)
+        request = pb.CreateRequest(
+            session_id=session.session_id, spec=spec, size=size, replace=replace
+        )
+        handle = self._call(self._stub.Create, request).handle
+        try:
+            fill(memoryview(local.maps.region(handle)).cast("B"))
+        except BaseException:
+            self._abort(session.session_id, handle)
+            raise
+        return self._call(
+            self._stub.Seal, pb.SealRequest(session_id=session.session_id, handle=handle)
+        ).meta
+
+    def _abort(self, session_id: str, handle: pb.ShmHandle) -> None:
+        try:
+            self._call(self._stub.Abort, pb.AbortRequest(session_id=session_id, handle=handle))
+        except StoreError as exc:
+            log.warning("could not abort create %d: %s", handle.lease_id, exc)
+
+    def create(
+        self,
+        shape: int | tuple[int, ...],
+        dtype: Any,
+        name: str | None = None,
+        *,
+        order: str = "C",
+        id: ObjectID | bytes | None = None,
+        labels: dict[str, str] | None = None,
+        replace: bool = False,
+    ) -> Creation:
+        """A new array to fill in place; stored when the ``with`` block ends.
+
+            creation = store.create((512, 512), "uint16", name="frame")
+            with creation as frame:
+                camera.read_into(frame)
+            creation.id    # the stored object's ID
+
+        Colocated, the array is the object's own shared memory (zero copy);
+        otherwise it is a local buffer put on exit. An exception in the block
+        aborts: nothing is stored.
+        """
+        return Creation(self, shape, dtype, name, order, id, labels, replace)
 
     def delete(self, ref: Ref) -> list[ObjectID]:
         """Delete an object by ID, or every object with a name; return what was deleted."""
@@ -168,25 +306,46 @@ class StoreClient:
 
         With ``timeout``, wait up to that many seconds for it to appear
         (WaitTimeout after); without, a missing object is ObjectNotFound.
+        Colocated, arrays are read-only views on the store's shared memory.
         """
-        request = pb.GetRequest(ref=to_ref(ref), wait=_duration(timeout))
-        response = self._call(self._stub.Get, request, extra_time=timeout or 0.0)
-        if response.payload_omitted:
-            return self._get_streamed(response.meta.id)
-        return codec.decode(response.meta, response.data)
+
+        def request(local: _Local | None, session_id: str) -> pb.GetRequest:
+            return pb.GetRequest(
+                ref=to_ref(ref),
+                wait=_duration(timeout),
+                transfer=self._transfer() if local else pb.TRANSFER_INLINE,
+                session_id=session_id,
+            )
+
+        response, local = self._call_with_session(self._stub.Get, request, timeout or 0.0)
+        return self._decode(local, response)
+
+    def _decode(self, local: _Local | None, result: pb.GetResponse | pb.BatchGetResult) -> Any:
+        if result.HasField("handle"):
+            assert local is not None
+            return self._from_handle(local, result.meta, result.handle)
+        if result.payload_omitted:
+            return self._get_streamed(result.meta.id)
+        return codec.decode(result.meta, result.data)
 
     def get_many(self, refs: Iterable[Ref], *, timeout: float | None = None) -> list[Any]:
         """Several objects in one round trip, in the order asked; raises for the first missing."""
-        request = pb.BatchGetRequest(refs=[to_ref(ref) for ref in refs], wait=_duration(timeout))
-        response = self._call(self._stub.BatchGet, request, extra_time=timeout or 0.0)
+        object_refs = [to_ref(ref) for ref in refs]
+
+        def request(local: _Local | None, session_id: str) -> pb.BatchGetRequest:
+            return pb.BatchGetRequest(
+                refs=object_refs,
+                wait=_duration(timeout),
+                transfer=self._transfer() if local else pb.TRANSFER_INLINE,
+                session_id=session_id,
+            )
+
+        response, local = self._call_with_session(self._stub.BatchGet, request, timeout or 0.0)
         objects = []
         for result in response.results:
             if result.code != grpc.StatusCode.OK.value[0]:
                 raise error_for(_status_code(result.code), result.message)
-            if result.payload_omitted:
-                objects.append(self._get_streamed(result.meta.id))
-            else:
-                objects.append(codec.decode(result.meta, result.data))
+            objects.append(self._decode(local, result))
         return objects
 
     def stat(self, ref: Ref, *, timeout: float | None = None) -> ObjectInfo:
@@ -231,20 +390,33 @@ class StoreClient:
         """Version, limits, durability mode and usage of the server."""
         return StoreInfo.from_proto(self._call(self._stub.Info, pb.InfoRequest()))
 
-    def subscribe(self, prefix: str = "", *, since: int | None = None) -> Subscription:
+    def subscribe(
+        self, prefix: str = "", *, since: int | None = None, values: bool = False
+    ) -> Subscription:
         """Follow changes to objects whose name starts with ``prefix``.
 
         With ``since``, first replay retained history from that sequence
         (HistoryUnavailable if it is gone). Iterate the result for Events;
-        close it (or use it as a context manager) to stop.
+        close it (or use it as a context manager) to stop. With ``values``,
+        each put/replace event carries the stored object as ``event.value``
+        (through shared memory when colocated, so no extra round trip).
         """
-        return Subscription(self._stub, prefix, since)
+        return Subscription(self, prefix, since, values)
 
 
-def _chunked(header: pb.PutStreamHeader, payload: memoryview) -> Iterator[pb.PutStreamRequest]:
+@dataclass
+class _Local:
+    """Shared-memory state of a colocated client."""
+
+    maps: SegmentMaps
+    min_size: int
+    session: Session | None = None
+
+
+def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[pb.PutStreamRequest]:
     yield pb.PutStreamRequest(header=header)
-    for offset in range(0, len(payload), INLINE_LIMIT):
-        yield pb.PutStreamRequest(chunk=bytes(payload[offset : offset + INLINE_LIMIT]))
+    for chunk in encoded.chunks(INLINE_LIMIT):
+        yield pb.PutStreamRequest(chunk=chunk)
 
 
 def _status_code(value: int) -> grpc.StatusCode:
@@ -252,6 +424,85 @@ def _status_code(value: int) -> grpc.StatusCode:
         if code.value[0] == value:
             return code
     return grpc.StatusCode.UNKNOWN
+
+
+class Creation:
+    """The ``with`` block of ``StoreClient.create``; ``id`` is set once it is stored."""
+
+    def __init__(
+        self,
+        client: StoreClient,
+        shape: int | tuple[int, ...],
+        dtype: Any,
+        name: str | None,
+        order: str,
+        object_id: ObjectID | bytes | None,
+        labels: dict[str, str] | None,
+        replace: bool,
+    ) -> None:
+        if order not in ("C", "F"):
+            raise ValueError(f"order must be 'C' or 'F', not {order!r}")
+        self._client = client
+        self._shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self._dtype = np.dtype(dtype)
+        self._order = order
+        self._name = name
+        self._object_id = object_id
+        self._labels = labels
+        self._replace = replace
+        self._handle: pb.ShmHandle | None = None
+        self._session_id = ""
+        self._array: np.ndarray | None = None
+        self.id: ObjectID | None = None
+
+    def _spec(self) -> pb.ObjectSpec:
+        layout = pb.ArrayLayout(
+            dtype=self._dtype.str,
+            shape=self._shape,
+            order=pb.ARRAY_ORDER_F if self._order == "F" else pb.ARRAY_ORDER_C,
+        )
+        return pb.ObjectSpec(
+            id=bytes(self._object_id) if self._object_id is not None else b"",
+            name=self._name or "",
+            encoding=pb.ENCODING_NDARRAY,
+            array=layout,
+            labels=self._labels or {},
+        )
+
+    def __enter__(self) -> np.ndarray:
+        client = self._client
+        local = client._shared_memory()
+        size = int(np.prod(self._shape)) * self._dtype.itemsize
+        if local is None or size == 0:
+            self._array = np.empty(self._shape, self._dtype, order=self._order)
+            return self._array
+        session = client._session(local)
+        self._session_id = session.session_id
+        request = pb.CreateRequest(
+            session_id=self._session_id, spec=self._spec(), size=size, replace=self._replace
+        )
+        self._handle = client._call(client._stub.Create, request).handle
+        exporter = local.maps.region(self._handle)
+        flat = np.frombuffer(exporter, dtype=self._dtype)
+        self._array = flat.reshape(self._shape, order=self._order)
+        return self._array
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        client = self._client
+        assert self._array is not None
+        self._array.flags.writeable = False
+        if self._handle is None:
+            if exc_type is None:
+                meta = client._store(
+                    self._array, self._name, self._object_id, self._labels, replace=self._replace
+                )
+                self.id = ObjectID(meta.id)
+            return
+        if exc_type is not None:
+            client._abort(self._session_id, self._handle)
+            return
+        seal = pb.SealRequest(session_id=self._session_id, handle=self._handle)
+        self.id = ObjectID(client._call(client._stub.Seal, seal).meta.id)
 
 
 class Subscription:
@@ -263,24 +514,28 @@ class Subscription:
     to a new subscription to continue after a disconnect or server restart.
     """
 
-    def __init__(
-        self, stub: store_pb2_grpc.StoreServiceStub, prefix: str, since: int | None
-    ) -> None:
-        self._stub = stub
+    def __init__(self, client: StoreClient, prefix: str, since: int | None, values: bool) -> None:
+        self._client = client
         self._prefix = prefix
+        self._values = values
+        self._local = client._shared_memory() if values else None
         self.last_sequence: int | None = None if since is None else since - 1
-        self._call = self._open(since)
         self._closed = False
+        self._call = self._open(since)
 
     def _open(self, since: int | None) -> Any:
+        client = self._client
         request = pb.SubscribeRequest(prefix=self._prefix, since_sequence=since)
-        return self._stub.Subscribe(request)
+        if self._local is not None:
+            request.transfer = client._transfer()
+            request.session_id = client._session(self._local).session_id
+        return client._stub.Subscribe(request)
 
     def __iter__(self) -> Iterator[Event]:
         while True:
             try:
                 for response in self._call:
-                    event = Event.from_proto(response.event)
+                    event = Event.from_proto(response.event, value=self._value(response))
                     self.last_sequence = event.sequence
                     yield event
                 return
@@ -288,10 +543,26 @@ class Subscription:
                 if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 resume = resume_sequence(exc)
-                if resume is None:
+                if resume is not None:
+                    log.warning("subscription fell behind; resuming from sequence %d", resume)
+                elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION and self._local:
+                    self._local.session = None  # the session was lost: renew it and go on
+                    if self.last_sequence is not None:
+                        resume = self.last_sequence + 1
+                else:
                     raise from_rpc_error(exc) from None
-                log.warning("subscription fell behind; resuming from sequence %d", resume)
                 self._call = self._open(resume)
+
+    def _value(self, response: pb.SubscribeResponse) -> Any:
+        if not self._values or response.event.type == pb.EVENT_TYPE_DELETE:
+            return None
+        if response.HasField("handle"):
+            assert self._local is not None
+            return self._client._from_handle(self._local, response.event.meta, response.handle)
+        try:
+            return self._client.get(ObjectID(response.event.meta.id))
+        except ObjectNotFound:
+            return None
 
     def close(self) -> None:
         self._closed = True

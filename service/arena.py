@@ -43,7 +43,7 @@ class Region:
 
     def view(self) -> memoryview:
         """A writable view of the region in the server's own mapping."""
-        return self.segment.view[self.offset:self.offset + self.length]
+        return self.segment.view[self.offset : self.offset + self.length]
 
 
 @dataclass(eq=False)
@@ -70,8 +70,9 @@ class Segment:
             mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _populate_flag())
         finally:
             os.close(fd)
-        return cls(name=name, size=size, mapping=mapping, view=memoryview(mapping),
-                   free_blocks=[[0, size]])
+        return cls(
+            name=name, size=size, mapping=mapping, view=memoryview(mapping), free_blocks=[[0, size]]
+        )
 
     def allocate(self, size: int) -> int | None:
         """Offset of a free block of ``size`` bytes (already aligned), or None."""
@@ -162,8 +163,9 @@ class Arena:
         try:
             segment = Segment.create(name, segment_size)
         except OSError as exc:
-            raise ArenaFull(f"cannot create a {segment_size}-byte segment in {SHM_DIR}: {exc}") \
-                from None
+            raise ArenaFull(
+                f"cannot create a {segment_size}-byte segment in {SHM_DIR}: {exc}"
+            ) from None
         self._segments.append(segment)
         log.debug("created segment %s of %d bytes", name, segment_size)
         return segment

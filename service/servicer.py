@@ -138,12 +138,19 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         session_id = self._store.open_session()
         context.add_callback(lambda: self._store.close_session(session_id))
         yield pb.SessionResponse(session_id=session_id)
-        for message in request_iterator:
-            if message.release_lease_ids:
-                try:
-                    self._store.release(session_id, list(message.release_lease_ids))
-                except StoreError as exc:
-                    log.warning("session %s: bad release ignored: %s", session_id[:8], exc)
+        try:
+            for message in request_iterator:
+                if message.release_lease_ids:
+                    self._release_quietly(session_id, list(message.release_lease_ids))
+        except grpc.RpcError:
+            return  # the client went away; the callback closes the session
+
+    def _release_quietly(self, session_id: str, lease_ids: list[int]) -> None:
+        """Releases on the stream have no reply: a bad one is logged, not fatal."""
+        try:
+            self._store.release(session_id, lease_ids)
+        except StoreError as exc:
+            log.warning("session %s: release ignored: %s", session_id[:8], exc.message)
 
     @_statuses
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateResponse:
@@ -192,7 +199,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         with self._store.read(obj) as payload:
             yield pb.GetStreamResponse(meta=obj.meta)
             for offset in range(0, len(payload), chunk_size):
-                yield pb.GetStreamResponse(chunk=bytes(payload[offset:offset + chunk_size]))
+                yield pb.GetStreamResponse(chunk=bytes(payload[offset : offset + chunk_size]))
 
     @_statuses
     def BatchGet(

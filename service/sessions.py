@@ -70,9 +70,9 @@ class Sessions:
         if session is None:
             raise StoreError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "shared-memory transfer needs an open Session; "
-                f"{session_id[:32]!r} is not one" if session_id else
-                "shared-memory transfer needs the session_id of an open Session",
+                f"shared-memory transfer needs an open Session; {session_id[:32]!r} is not one"
+                if session_id
+                else "shared-memory transfer needs the session_id of an open Session",
             )
         return session
 
@@ -83,7 +83,9 @@ class Sessions:
         region = obj.region
         assert region is not None
         return pb.ShmHandle(
-            segment=region.segment.name, offset=region.offset, length=region.length,
+            segment=region.segment.name,
+            offset=region.offset,
+            length=region.length,
             lease_id=lease_id,
         )
 
@@ -96,8 +98,10 @@ class Sessions:
         for lease_id in lease_ids:
             if lease_id not in session.leases:
                 if any(lease_id in other.leases for other in self._sessions.values()):
-                    raise StoreError(grpc.StatusCode.PERMISSION_DENIED,
-                                     f"lease {lease_id} belongs to another session")
+                    raise StoreError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"lease {lease_id} belongs to another session",
+                    )
                 raise not_found(f"no lease {lease_id} in this session")
         return [session.leases.pop(lease_id) for lease_id in lease_ids]
 
@@ -114,8 +118,10 @@ class Sessions:
         pending = session.creates.get(handle.lease_id)
         if pending is None:
             if any(handle.lease_id in other.creates for other in self._sessions.values()):
-                raise StoreError(grpc.StatusCode.PERMISSION_DENIED,
-                                 f"create {handle.lease_id} belongs to another session")
+                raise StoreError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"create {handle.lease_id} belongs to another session",
+                )
             raise not_found(f"no unsealed create {handle.lease_id} in this session")
         if handle != pending.handle():
             raise invalid(f"handle for create {handle.lease_id} does not match the one issued")

@@ -101,7 +101,9 @@ class Store:
                 trimmed_through = recovered.trimmed_through
                 log.info(
                     "recovered %d objects (%d bytes) from %s; last sequence %d",
-                    len(self._table), self._table.total_bytes, config.data_dir,
+                    len(self._table),
+                    self._table.total_bytes,
+                    config.data_dir,
                     self._last_sequence,
                 )
         except BaseException:
@@ -310,7 +312,9 @@ class Store:
         if objects or regions:
             log.debug(
                 "session %s ended holding %d leases and %d creates",
-                session_id[:8], len(objects), len(regions),
+                session_id[:8],
+                len(objects),
+                len(regions),
             )
 
     def release(self, session_id: str, lease_ids: list[int]) -> int:
@@ -421,9 +425,7 @@ class Store:
             return self._table.by_id(ref.id)
         return self._table.newest(ref.name)
 
-    def list(
-        self, prefix: str, page_size: int, page_token: str
-    ) -> tuple[list[pb.ObjectMeta], str]:
+    def list(self, prefix: str, page_size: int, page_token: str) -> tuple[list[pb.ObjectMeta], str]:
         """One page of objects whose name starts with ``prefix``, in sequence order."""
         if len(prefix.encode()) > self.config.max_name_length:
             raise invalid(f"prefix is longer than the name limit of {self.config.max_name_length}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from improv_store.client import StoreClient
 
 START_TIMEOUT = 30.0

@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.duration_pb2 import Duration
+
 from improv_store.client import (
     HistoryUnavailable,
     InvalidRequest,

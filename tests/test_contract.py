@@ -17,6 +17,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from improv_store import __version__
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc

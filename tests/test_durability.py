@@ -12,6 +12,7 @@ import crc32c
 import lmdb
 import numpy as np
 import pytest
+
 from improv_store.client import DataCorrupted, ObjectID, StoreClient, StoreError
 
 SPAWN = multiprocessing.get_context("spawn")

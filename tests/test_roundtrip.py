@@ -9,6 +9,7 @@ import crc32c
 import numpy as np
 import pytest
 import scipy.sparse
+
 from improv_store.client import ObjectID, StoreClient
 
 SPAWN = multiprocessing.get_context("spawn")

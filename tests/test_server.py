@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import free_port, wait_serving
+
 from improv_store.client import StoreClient, StoreError, StoreUnavailable
 
 
