@@ -224,6 +224,15 @@ def _info(store: StoreClient, args: argparse.Namespace) -> int:
         ("started", info.started.isoformat(timespec="seconds")),
         ("max object size", _size(info.max_object_size)),
         ("inline limit", _size(info.inline_limit)),
+        (
+            "shared memory",
+            f"{_size(info.arena_used)} used of {_size(info.arena_capacity)},"
+            f" {_size(info.arena_pinned)} pinned",
+        ),
+        ("resident objects", str(info.resident_objects)),
+        ("evictions", str(info.evictions)),
+        ("sessions", str(info.sessions)),
+        ("this client", "colocated (shared memory)" if store.colocated else "remote (inline)"),
     ]
     for key, value in rows:
         print(f"{key + ':':20} {value}")

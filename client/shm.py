@@ -39,6 +39,7 @@ class SegmentMaps:
     def __init__(self) -> None:
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
+        self._finalizers: dict[int, weakref.finalize] = {}
 
     def get(self, name: str) -> mmap.mmap:
         with self._lock:
@@ -63,8 +64,22 @@ class SegmentMaps:
             raise ValueError(f"handle {handle.lease_id} lies outside segment {handle.segment}")
         exporter = (ctypes.c_char * handle.length).from_buffer(mapping, handle.offset)
         if on_release is not None:
-            weakref.finalize(exporter, on_release, handle.lease_id)
+            finalizer = weakref.finalize(exporter, on_release, handle.lease_id)
+            self._finalizers[id(exporter)] = finalizer
+            weakref.finalize(exporter, self._finalizers.pop, id(exporter), None)
         return exporter
+
+    def release_now(self, exporter: ctypes.Array) -> bool:
+        """Release an exporter's lease before it is garbage; False if it has none (left)."""
+        finalizer = self._finalizers.pop(id(exporter), None)
+        return bool(finalizer and finalizer())
+
+
+def exporter_of(obj: object) -> ctypes.Array | None:
+    """The shared-memory exporter behind an array or memoryview from ``get``, if any."""
+    while obj is not None and not isinstance(obj, ctypes.Array):
+        obj = getattr(obj, "base", None) if not isinstance(obj, memoryview) else obj.obj
+    return obj
 
 
 def read_only(exporter: ctypes.Array) -> memoryview:

@@ -21,7 +21,7 @@ from .errors import ObjectNotFound, StoreError, error_for, from_rpc_error, resum
 from .ids import ObjectID
 from .models import Event, ObjectInfo, StoreInfo
 from .session import Session
-from .shm import SegmentMaps, is_colocated, read_only
+from .shm import SegmentMaps, exporter_of, is_colocated, read_only
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +327,18 @@ class StoreClient:
         if result.payload_omitted:
             return self._get_streamed(result.meta.id)
         return codec.decode(result.meta, result.data)
+
+    def release(self, value: Any) -> bool:
+        """Give back the shared memory behind an array from ``get`` now, not when it is garbage.
+
+        Plasma's ``release``. The array must not be read afterwards: the store
+        may reuse its memory. Returns False when there was no lease to release
+        (an inline result, or released already).
+        """
+        exporter = exporter_of(value)
+        if self._local is None or exporter is None:
+            return False
+        return self._local.maps.release_now(exporter)
 
     def get_many(self, refs: Iterable[Ref], *, timeout: float | None = None) -> list[Any]:
         """Several objects in one round trip, in the order asked; raises for the first missing."""

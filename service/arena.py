@@ -102,10 +102,14 @@ class Segment:
             del blocks[following]
 
     def close(self) -> None:
-        self.view.release()
-        self.mapping.close()
+        """Unlink the file and unmap it; a mapping some stray view still uses stays mapped."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(SHM_DIR, self.name))
+        try:
+            self.view.release()
+            self.mapping.close()
+        except BufferError:
+            log.debug("segment %s still has views; it is unmapped when they go", self.name)
 
 
 def _populate_flag() -> int:

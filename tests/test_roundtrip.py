@@ -81,6 +81,16 @@ def get_by_ids(address: str, ids: dict[str, bytes]) -> dict[str, tuple[str | Non
     }
 
 
+@pytest.fixture(autouse=True, params=["inline", "shm"])
+def transfer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every round trip twice: inline bytes, and shared memory for every payload.
+
+    Set in the environment, so client processes spawned by a test inherit it.
+    """
+    monkeypatch.setenv("IMPROV_STORE_TRANSFER", request.param)
+    return request.param
+
+
 @pytest.fixture(params=["unix", "tcp"])
 def address(request: pytest.FixtureRequest, server: Any) -> str:
     return server.unix_address if request.param == "unix" else server.tcp_address
@@ -146,7 +156,7 @@ def test_256_mib_over_tcp(server: Any) -> None:
 
 
 def test_large_bytes_and_pickles_stream(store: StoreClient) -> None:
-    """RAW and PICKLE payloads above the inline limit take the stream path too."""
+    """RAW and pickled payloads above the inline limit round-trip (streamed, or in shm)."""
     blob = np.random.default_rng(1).bytes(9 << 20)
     frames = {"a": np.ones((1024, 1024), dtype=np.float64), "b": list(range(10))}
     assert store.get(store.put(blob)) == blob
