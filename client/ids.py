@@ -37,6 +37,10 @@ class ObjectID:
     def __bytes__(self) -> bytes:
         return self._raw
 
+    def __reduce__(self) -> tuple[type[ObjectID], tuple[bytes]]:
+        """Pickle as the raw bytes, so IDs travel through multiprocessing queues."""
+        return (ObjectID, (self._raw,))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ObjectID):
             return self._raw == other._raw

@@ -64,10 +64,15 @@ class SegmentMaps:
             raise ValueError(f"handle {handle.lease_id} lies outside segment {handle.segment}")
         exporter = (ctypes.c_char * handle.length).from_buffer(mapping, handle.offset)
         if on_release is not None:
-            finalizer = weakref.finalize(exporter, on_release, handle.lease_id)
-            self._finalizers[id(exporter)] = finalizer
-            weakref.finalize(exporter, self._finalizers.pop, id(exporter), None)
+            self.release_with(exporter, handle.lease_id, on_release)
         return exporter
+
+    def release_with(
+        self, exporter: ctypes.Array, lease_id: int, on_release: Callable[[int], None]
+    ) -> None:
+        """Run ``on_release(lease_id)`` once ``exporter`` and every view of it are garbage."""
+        self._finalizers[id(exporter)] = weakref.finalize(exporter, on_release, lease_id)
+        weakref.finalize(exporter, self._finalizers.pop, id(exporter), None)
 
     def release_now(self, exporter: ctypes.Array) -> bool:
         """Release an exporter's lease before it is garbage; False if it has none (left)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -290,7 +291,10 @@ class StoreClient:
 
         Colocated, the array is the object's own shared memory (zero copy);
         otherwise it is a local buffer put on exit. An exception in the block
-        aborts: nothing is stored.
+        aborts: nothing is stored. After the block the array is read-only and
+        reads the stored object (it holds a lease, like a ``get`` view). As
+        with Plasma's buffers, numpy would let the creator set it writeable
+        again; writing then would change an object others read: don't.
         """
         return Creation(self, shape, dtype, name, order, id, labels, replace)
 
@@ -465,6 +469,8 @@ class Creation:
         self._handle: pb.ShmHandle | None = None
         self._session_id = ""
         self._array: np.ndarray | None = None
+        self._exporter: ctypes.Array | None = None
+        self._local: _Local | None = None
         self.id: ObjectID | None = None
 
     def _spec(self) -> pb.ObjectSpec:
@@ -483,7 +489,7 @@ class Creation:
 
     def __enter__(self) -> np.ndarray:
         client = self._client
-        local = client._shared_memory()
+        local = self._local = client._shared_memory()
         size = int(np.prod(self._shape)) * self._dtype.itemsize
         if local is None or size == 0:
             self._array = np.empty(self._shape, self._dtype, order=self._order)
@@ -494,27 +500,33 @@ class Creation:
             session_id=self._session_id, spec=self._spec(), size=size, replace=self._replace
         )
         self._handle = client._call(client._stub.Create, request).handle
-        exporter = local.maps.region(self._handle)
-        flat = np.frombuffer(exporter, dtype=self._dtype)
+        self._exporter = local.maps.region(self._handle)
+        flat = np.frombuffer(self._exporter, dtype=self._dtype)
         self._array = flat.reshape(self._shape, order=self._order)
         return self._array
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         client = self._client
-        assert self._array is not None
-        self._array.flags.writeable = False
+        array, self._array = self._array, None
+        exporter, self._exporter = self._exporter, None
+        assert array is not None
+        array.flags.writeable = False
         if self._handle is None:
             if exc_type is None:
                 meta = client._store(
-                    self._array, self._name, self._object_id, self._labels, replace=self._replace
+                    array, self._name, self._object_id, self._labels, replace=self._replace
                 )
                 self.id = ObjectID(meta.id)
             return
         if exc_type is not None:
             client._abort(self._session_id, self._handle)
             return
-        seal = pb.SealRequest(session_id=self._session_id, handle=self._handle)
-        self.id = ObjectID(client._call(client._stub.Seal, seal).meta.id)
+        seal = pb.SealRequest(session_id=self._session_id, handle=self._handle, keep_lease=True)
+        sealed = client._call(client._stub.Seal, seal)
+        self.id = ObjectID(sealed.meta.id)
+        # The creator's array now reads the stored object: lease it like a get view.
+        session = client._session(self._local)
+        self._local.maps.release_with(exporter, sealed.handle.lease_id, session.release)
 
 
 class Subscription:

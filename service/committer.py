@@ -60,6 +60,8 @@ class Committer:
         self._pending: list[Change] = []
         self._ticket = Ticket()
         self._closing = False
+        self._commit_requested = False
+        self._in_flight: Ticket | None = None
         self._thread = threading.Thread(target=self._run, name="lmdb-committer", daemon=True)
         self._thread.start()
 
@@ -70,6 +72,19 @@ class Committer:
             if self._group_commit:
                 self._cond.notify()
             return self._ticket
+
+    def commit_now(self) -> Ticket:
+        """Commit what is queued without waiting for the interval; return its ticket."""
+        with self._cond:
+            if self._pending:
+                self._commit_requested = True
+                self._cond.notify()
+                return self._ticket  # batches commit in order: this covers one in flight
+            if self._in_flight is not None:
+                return self._in_flight
+            done = Ticket()
+            done.resolve()
+            return done
 
     def close(self) -> None:
         """Commit what is queued and stop the thread."""
@@ -86,8 +101,12 @@ class Committer:
                     return
                 batch, self._pending = self._pending, []
                 ticket, self._ticket = self._ticket, Ticket()
+                self._commit_requested = False
+                self._in_flight = ticket if batch else None
             if batch:
                 self._commit(batch, ticket)
+                with self._cond:
+                    self._in_flight = None
 
     def _wait_for_batch(self) -> None:
         if self._group_commit:
@@ -95,7 +114,7 @@ class Committer:
                 self._cond.wait()
             return
         deadline = time.monotonic() + self._interval
-        while not self._closing:
+        while not (self._closing or self._commit_requested):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -119,6 +138,6 @@ class Committer:
                     return
                 time.sleep(_RETRY_DELAY)
                 continue
+            self._on_commit(batch[-1].event.sequence)  # before waiters wake: they may evict
             ticket.resolve()
-            self._on_commit(batch[-1].event.sequence)
             return

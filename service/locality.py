@@ -20,7 +20,8 @@ from .arena import SHM_DIR, remove_stale_segments, shm_free_bytes
 
 log = logging.getLogger(__name__)
 
-MIN_ARENA = 16 << 20
+MIN_ARENA = 4 << 20
+SMALL_ARENA = 256 << 20
 TOKEN_SUFFIX = "token"
 LOCK_SUFFIX = "lock"
 
@@ -45,6 +46,11 @@ def arena_capacity(requested: int | None) -> int:
                 f"{SHM_DIR} has only {free / 2**20:.1f} MiB free; improv-store needs at least"
                 f" {2 * MIN_ARENA / 2**20:.0f} MiB free to size its arena (half of what is"
                 f" free). {advice}"
+            )
+        if capacity < SMALL_ARENA:
+            log.warning(
+                "only %.0f MiB of shared memory for objects; larger frames will be refused. %s",
+                capacity / 2**20, advice,
             )
         return capacity
     if requested < MIN_ARENA:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -135,15 +136,26 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def Session(
         self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.SessionResponse]:
-        session_id = self._store.open_session()
+        session_id, ended = self._store.open_session()
         context.add_callback(lambda: self._store.close_session(session_id))
         yield pb.SessionResponse(session_id=session_id)
+        # Releases are read on a thread of their own, so that this handler can
+        # finish the stream as soon as the store stops, whatever the client does.
+        threading.Thread(
+            target=self._read_releases, args=(session_id, request_iterator),
+            name=f"session-{session_id[:8]}", daemon=True,
+        ).start()
+        ended.wait()
+
+    def _read_releases(self, session_id: str, requests: Iterator[pb.SessionRequest]) -> None:
         try:
-            for message in request_iterator:
+            for message in requests:
                 if message.release_lease_ids:
                     self._release_quietly(session_id, list(message.release_lease_ids))
         except grpc.RpcError:
-            return  # the client went away; the callback closes the session
+            pass  # the stream is over; the termination callback closes the session
+        finally:
+            self._store.close_session(session_id)
 
     def _release_quietly(self, session_id: str, lease_ids: list[int]) -> None:
         """Releases on the stream have no reply: a bad one is logged, not fatal."""
@@ -161,8 +173,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def Seal(self, request: pb.SealRequest, context: grpc.ServicerContext) -> pb.SealResponse:
-        stored = self._store.seal(request.session_id, request.handle)
-        return pb.SealResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
+        stored = self._store.seal(request.session_id, request.handle, keep_lease=request.keep_lease)
+        return pb.SealResponse(
+            meta=stored.meta, replaced_ids=stored.replaced_ids, handle=stored.handle
+        )
 
     @_statuses
     def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.AbortResponse:

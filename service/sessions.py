@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from dataclasses import dataclass, field
 
 import grpc
@@ -44,6 +45,7 @@ class Session:
     """What one client holds."""
 
     session_id: str
+    ended: threading.Event = field(default_factory=threading.Event)
     leases: dict[int, StoredObject] = field(default_factory=dict)
     creates: dict[int, PendingCreate] = field(default_factory=dict)
 
@@ -63,6 +65,11 @@ class Sessions:
         session = Session(session_id=os.urandom(16).hex())
         self._sessions[session.session_id] = session
         return session
+
+    def end_all(self) -> None:
+        """Tell every session's stream to finish (the store is stopping)."""
+        for session in self._sessions.values():
+            session.ended.set()
 
     def get(self, session_id: str) -> Session:
         """The open session with this ID; FAILED_PRECONDITION when there is none."""
@@ -134,6 +141,7 @@ class Sessions:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return [], []
+        session.ended.set()
         regions = [pending.region for pending in session.creates.values()]
         self.pending_bytes -= sum(region.length for region in regions)
         return list(session.leases.values()), regions

@@ -48,6 +48,7 @@ from .subscriptions import Subscriber, SubscriberHub
 log = logging.getLogger(__name__)
 
 SEQUENCE_RESERVATION = 10_000
+_COMMIT_FOR_ROOM_ATTEMPTS = 5
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 _PAGE_TOKEN = re.compile(r"[1-9][0-9]*")
@@ -61,10 +62,11 @@ _DURABILITY = {
 
 @dataclass(frozen=True)
 class Stored:
-    """The outcome of a put: the new object's metadata and what it replaced."""
+    """The outcome of a put: the new object's metadata, what it replaced, its lease if kept."""
 
     meta: pb.ObjectMeta
     replaced_ids: list[bytes]
+    handle: pb.ShmHandle | None = None
 
 
 class Store:
@@ -136,10 +138,29 @@ class Store:
         """Check a new object and allocate the region its payload will be written into."""
         self.check_new(spec, size, replace=replace)
         with self._lock:
-            self._check_open()
             if spec.id and spec.id in self._table:
                 raise _exists(spec.id)
-            return self._resident.allocate(size)
+        return self._allocate(size)
+
+    def _allocate(self, length: int) -> Region:
+        """A region of ``length`` bytes, committing pending writes if that frees room.
+
+        Only committed objects can be evicted, so when memory is full of
+        writes the background committer has not reached yet, commit them now
+        instead of failing.
+        """
+        for _ in range(_COMMIT_FOR_ROOM_ATTEMPTS):
+            with self._lock:
+                self._check_open()
+                try:
+                    return self._resident.allocate(length)
+                except StoreError:
+                    if not self._uncommitted or self._committer is None:
+                        raise
+                    ticket = self._committer.commit_now()
+            ticket.wait()
+        with self._lock:
+            return self._resident.allocate(length)
 
     def discard(self, region: Region) -> None:
         """Free a reserved region that will not become an object."""
@@ -159,9 +180,19 @@ class Store:
             raise
 
     def insert(
-        self, spec: pb.ObjectSpec, region: Region, checksum: int, *, replace: bool = False
+        self,
+        spec: pb.ObjectSpec,
+        region: Region,
+        checksum: int,
+        *,
+        replace: bool = False,
+        lease_to: str | None = None,
     ) -> Stored:
-        """Make a filled region an object. On error the caller still owns the region."""
+        """Make a filled region an object. On error the caller still owns the region.
+
+        ``lease_to`` names a session that gets a lease on the new object in the
+        same step, before anyone could delete it.
+        """
         if spec.HasField("crc32c") and spec.crc32c != checksum:
             raise StoreError(
                 grpc.StatusCode.DATA_LOSS,
@@ -182,11 +213,16 @@ class Store:
             self._check_open()
             if meta.id in self._table:
                 raise _exists(meta.id)
+            session = self._sessions.get(lease_to) if lease_to is not None else None
             replaced = self._table.ids_named(meta.name) if replace else []
             meta.sequence = self._next_sequence()
             obj = StoredObject(meta=meta, committing=self._backend is not None)
             self._table.add(obj)
             self._resident.admit(obj, region)
+            handle = None
+            if session is not None:
+                self._resident.pin(obj)
+                handle = self._sessions.lease(session, obj)
             if obj.committing:
                 self._uncommitted.append(obj)
             for object_id in replaced:
@@ -202,7 +238,7 @@ class Store:
             ticket = self._record(Change(event=event, stored=stored, removed=replaced))
             self._changed.notify_all()
         self._await_durable(ticket)
-        return Stored(meta=meta, replaced_ids=replaced)
+        return Stored(meta=meta, replaced_ids=replaced, handle=handle)
 
     def delete(self, ref: pb.ObjectRef) -> list[bytes]:
         """Delete one object by ID, or every object with a name; return the deleted IDs."""
@@ -272,13 +308,19 @@ class Store:
                 raise
             return self._sessions.add_create(session, spec, region, replace).handle()
 
-    def seal(self, session_id: str, handle: pb.ShmHandle) -> Stored:
-        """Store a region the session filled, checked against the handle it was given."""
+    def seal(self, session_id: str, handle: pb.ShmHandle, *, keep_lease: bool = False) -> Stored:
+        """Store a region the session filled, checked against the handle it was given.
+
+        With ``keep_lease`` the session keeps reading rights on the region (a lease).
+        """
         with self._lock:
             pending = self._sessions.take_create(self._sessions.get(session_id), handle)
         try:
             checksum = crc32c.crc32c(pending.region.view())
-            return self.insert(pending.spec, pending.region, checksum, replace=pending.replace)
+            return self.insert(
+                pending.spec, pending.region, checksum, replace=pending.replace,
+                lease_to=session_id if keep_lease else None,
+            )
         except BaseException:
             self.discard(pending.region)
             raise
@@ -291,10 +333,12 @@ class Store:
 
     # -- sessions and leases --------------------------------------------------------
 
-    def open_session(self) -> str:
+    def open_session(self) -> tuple[str, threading.Event]:
+        """A new session's ID, and the event set when it ends or the store stops."""
         with self._lock:
             self._check_open()
-            return self._sessions.open().session_id
+            session = self._sessions.open()
+            return session.session_id, session.ended
 
     def check_session(self, session_id: str) -> None:
         """FAILED_PRECONDITION unless ``session_id`` names an open session."""
@@ -354,7 +398,7 @@ class Store:
                 self._resident.pin(obj)
                 self._resident.touch(obj)
                 return
-            region = self._resident.allocate(obj.meta.size)
+        region = self._allocate(obj.meta.size)
         try:
             backend = self._backend
             if backend is None or not backend.read_payload_into(obj.meta, region.view()):
@@ -510,6 +554,7 @@ class Store:
         with self._lock:
             self._closing = True
             self._changed.notify_all()
+            self._sessions.end_all()
         self._hub.close_all()
 
     def close(self) -> None:

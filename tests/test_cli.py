@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ServerProcess
+
 from improv_store.client import ObjectID, ObjectNotFound, StoreClient
 
 CLI = os.path.join(os.path.dirname(sys.executable), "improv-store")

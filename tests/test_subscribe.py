@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import ServerProcess
+
 from improv_store.client import (
     Event,
     HistoryUnavailable,

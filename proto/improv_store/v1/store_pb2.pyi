@@ -325,20 +325,24 @@ class CreateResponse(_message.Message):
     def __init__(self, handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class SealRequest(_message.Message):
-    __slots__ = ("session_id", "handle")
+    __slots__ = ("session_id", "handle", "keep_lease")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_LEASE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     handle: ShmHandle
-    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
+    keep_lease: bool
+    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., keep_lease: _Optional[bool] = ...) -> None: ...
 
 class SealResponse(_message.Message):
-    __slots__ = ("meta", "replaced_ids")
+    __slots__ = ("meta", "replaced_ids", "handle")
     META_FIELD_NUMBER: _ClassVar[int]
     REPLACED_IDS_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
     meta: ObjectMeta
     replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    handle: ShmHandle
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("session_id", "handle")

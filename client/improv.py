@@ -1,0 +1,493 @@
+"""Drop-in replacement for improv's ``improv.store`` module.
+
+An improv actor switches by changing one import::
+
+    from improv.store import StoreInterface             # before: Plasma
+    from improv_store.client.improv import StoreInterface  # after: improv-store
+
+Same classes, methods, parameters, defaults, attributes, exceptions and
+messages as the documented ``improv.store`` API, with improv's defects fixed:
+no ``exit()`` inside ``flush``, no SIGINT handler taken over, errors raised
+where the documentation says "Raises", and ``replace``/``subscribe`` that do
+something. ``store_loc`` is the server's unix socket path (what improv's
+nexus passes) or ``host:port``. Start a server the way nexus started
+``plasma_store`` with :func:`improv_store.service.launch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from .errors import ObjectNotFound, StoreError
+from .ids import ObjectID
+from .store_client import StoreClient
+from .store_client import Subscription as _Subscription
+
+logger = logging.getLogger(__name__)
+
+CONNECT_RETRIES = 20
+CONNECT_RETRY_DELAY = 0.1
+
+
+class ObjectNotFoundError(Exception):
+    """No object with that ID or name."""
+
+    def __init__(self, obj_id_or_name: Any) -> None:
+        super().__init__()
+        self.name = "ObjectNotFoundError"
+        self.obj_id_or_name = obj_id_or_name
+        # improv's spelling, kept so that existing assertions pass.
+        self.message = f'Cannnot find object with ID/name "{obj_id_or_name}"'
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CannotGetObjectError(Exception):
+    """The object could not be fetched."""
+
+    def __init__(self, query: Any) -> None:
+        super().__init__()
+        self.name = "CannotGetObjectError"
+        self.query = query
+        self.message = f"Cannot get object {query}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CannotConnectToStoreInterfaceError(Exception):
+    """Raised when failing to connect to store."""
+
+    def __init__(self, store_loc: Any) -> None:
+        super().__init__()
+        self.name = "CannotConnectToStoreInterfaceError"
+        self.message = f"Cannot connect to store at {store_loc}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StoreInterface:
+    """General interface for a store."""
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def replace(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def store_address(store_loc: str) -> str:
+    """improv's ``store_loc`` as a client address: a socket path, or ``host:port``."""
+    if store_loc.startswith("unix:"):
+        return store_loc
+    host, _, port = store_loc.rpartition(":")
+    if host and port.isdigit() and "/" not in store_loc:
+        return store_loc
+    return "unix:" + os.path.abspath(store_loc)
+
+
+class PlasmaStoreInterface(StoreInterface):
+    """Basic interface for our specific data store, formerly Apache Arrow Plasma.
+
+    Objects are stored with object IDs. References to objects are kept in a
+    dict (``stored``) where the key is a short name and the value the ID.
+    With ``use_lmdb``, every put is also recorded in an LMDBStoreInterface
+    (improv's hard-disk side recording), which ``getID(..., hdd_only=True)``
+    reads back.
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        store_loc: str = "/tmp/store",
+        use_lmdb: bool = False,
+        lmdb_path: str = "../outputs/",
+        lmdb_name: str | None = None,
+        hdd_maxstore: float = 1e12,
+        flush_immediately: bool = False,
+        commit_freq: float = 1,
+    ) -> None:
+        self.name = name
+        self.store_loc = store_loc
+        self.stored: dict[str, ObjectID] = {}
+        self.use_lmdb = use_lmdb
+        self.lmdb_store: LMDBStoreInterface | None = None
+        if use_lmdb:
+            self.lmdb_store = LMDBStoreInterface(
+                path=lmdb_path, name=lmdb_name, max_size=hdd_maxstore,
+                flush_immediately=flush_immediately, commit_freq=commit_freq,
+            )
+        self._subscription: _Subscription | None = None
+        self._notifications: queue.SimpleQueue[tuple[ObjectID, int, int]] = queue.SimpleQueue()
+        self.client = self.connect_store(store_loc)
+
+    def connect_store(self, store_loc: str) -> StoreClient:
+        """Connect to the store at store_loc, max 20 retries to connect.
+
+        Raises CannotConnectToStoreInterfaceError if it can't connect.
+        Returns the client if successful and updates ``self.client``.
+        """
+        if not isinstance(store_loc, str) or not store_loc:
+            raise CannotConnectToStoreInterfaceError(store_loc)
+        client = StoreClient(store_address(store_loc))
+        for attempt in range(CONNECT_RETRIES):
+            try:
+                client.info()
+                break
+            except StoreError:
+                if attempt == CONNECT_RETRIES - 1:
+                    client.close()
+                    logger.error("Cannot connect to store: %s", store_loc)
+                    raise CannotConnectToStoreInterfaceError(store_loc) from None
+                time.sleep(CONNECT_RETRY_DELAY)
+        logger.info("Successfully connected to store: %s", store_loc)
+        self.client = client
+        return client
+
+    def put(self, object: Any, object_name: str) -> ObjectID:
+        """Put a single object referenced by its string name into the store.
+
+        Returns its ObjectID (``.binary()`` gives the 20 bytes). Arrays are
+        stored zero-copy when colocated; anything else picklable is accepted,
+        scipy sparse matrices included.
+        """
+        object_id = self.client.put(object, name=object_name)
+        if self.lmdb_store is not None and self.use_lmdb:
+            self.lmdb_store.put(object, object_name, obj_id=object_id)
+        return object_id
+
+    def get(self, object_name: str) -> Any:
+        """Get a single object from the store by object name.
+
+        A name recorded with updateStoreInterfaced resolves to its ID;
+        otherwise the newest object stored under that name. Raises
+        CannotGetObjectError when there is none.
+        """
+        object_id = self.stored.get(object_name)
+        if object_id is not None:
+            return self.getID(object_id)
+        try:
+            return self.client.get(object_name)
+        except ObjectNotFound:
+            logger.error("Never recorded storing this object: %s", object_name)
+            raise CannotGetObjectError(query=object_name) from None
+
+    def getID(self, obj_id: ObjectID | bytes, hdd_only: bool = False) -> Any:
+        """Get object by object ID; from the LMDB recording only with ``hdd_only``.
+
+        Raises ObjectNotFoundError if the ID is not found.
+        """
+        if not hdd_only:
+            try:
+                return self.client.get(_as_id(obj_id))
+            except ObjectNotFound:
+                pass
+        if self.lmdb_store is not None:
+            try:
+                return self.lmdb_store.get(_as_id(obj_id))
+            except ObjectNotFoundError:
+                pass
+        logger.error("Unable to locate object: %s in store", obj_id)
+        raise ObjectNotFoundError(obj_id)
+
+    def getList(self, ids: list[ObjectID | bytes]) -> list[Any]:
+        """Get multiple objects from the store, in one round trip.
+
+        Raises ObjectNotFoundError for the first ID that is not found.
+        """
+        ids = [_as_id(obj_id) for obj_id in ids]
+        try:
+            return self.client.get_many(ids)
+        except ObjectNotFound as exc:
+            raise ObjectNotFoundError(exc.message) from None
+
+    def get_all(self) -> dict[ObjectID, dict[str, Any]]:
+        """A listing of all objects in the store, keyed by ID (Plasma's ``list``)."""
+        return {
+            info.id: {
+                "data_size": info.size,
+                "metadata_size": 0,
+                "ref_count": 0,
+                "create_time": info.created.timestamp(),
+                "state": "sealed",
+                "name": info.name,
+            }
+            for info in self.client.list()
+        }
+
+    def delete(self, object_id: ObjectID | bytes) -> None:
+        """Delete an object. Raises ObjectNotFoundError if the ID is not found."""
+        try:
+            self.client.delete(_as_id(object_id))
+        except ObjectNotFound:
+            raise ObjectNotFoundError(object_id) from None
+
+    def replace(self, object: Any, object_name: str) -> ObjectID:
+        """Store ``object`` under ``object_name``, deleting older objects of that name."""
+        object_id = self.client.replace(object_name, object)
+        if object_name in self.stored:
+            self.stored[object_name] = object_id
+        return object_id
+
+    def reset(self) -> None:
+        """Reset client connection."""
+        self.release()
+        self.client = self.connect_store(self.store_loc)
+
+    def release(self) -> None:
+        """Disconnect from the store; the server drops this client's leases."""
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        self.client.close()
+
+    def subscribe(self) -> None:
+        """Start receiving a notification per object stored; read them with notify().
+
+        Raises StoreError (typed) if the subscription cannot be opened.
+        """
+        if self._subscription is not None:
+            return
+        subscription = self.client.subscribe()
+        self._subscription = subscription
+        threading.Thread(
+            target=self._collect, args=(subscription,), name="improv-notify", daemon=True
+        ).start()
+
+    def _collect(self, subscription: _Subscription) -> None:
+        try:
+            for event in subscription:
+                if event.type in ("put", "replace"):
+                    self._notifications.put((event.object.id, event.object.size, 0))
+        except StoreError as exc:
+            logger.warning("notifications stopped: %s", exc)
+
+    def notify(self) -> tuple[ObjectID, int, int] | None:
+        """The next notification as (object_id, data_size, metadata_size), or None if none."""
+        try:
+            return self._notifications.get_nowait()
+        except queue.Empty:
+            return None
+
+    def random_ObjectID(self, number: int = 1) -> list[ObjectID]:
+        """``number`` fresh random IDs, for putting objects under chosen IDs."""
+        return [ObjectID.random() for _ in range(number)]
+
+    def updateStoreInterfaced(self, object_name: str, object_id: ObjectID) -> None:
+        """Update local dict with info we need locally (name -> ID)."""
+        self.stored.update({object_name: object_id})
+
+    def getStored(self) -> dict[str, ObjectID]:
+        """Returns: its info about what it has stored."""
+        return self.stored
+
+
+def _as_id(obj_id: ObjectID | bytes) -> ObjectID:
+    return obj_id if isinstance(obj_id, ObjectID) else ObjectID(bytes(obj_id))
+
+
+@dataclass
+class LMDBData:
+    """Dataclass to store objects and their metadata into LMDB."""
+
+    obj: object
+    time: float
+    name: str = None  # type: ignore[assignment]
+    is_queue: bool = False
+
+    @property
+    def queue(self) -> str | None:
+        """Returns: Queue name if object is a queue else None."""
+        # Expected: 'q__Acquirer.q_out__124' -> 'q_out'
+        if self.is_queue:
+            try:
+                return self.name.split("__")[1].split(".")[1]
+            except IndexError:
+                return "q_comm"
+        logger.error("Attempt to get queue name from objects not from queue.")
+        return None
+
+
+@dataclass
+class _PendingPut:
+    key: bytes
+    record: LMDBData
+    flush_now: bool
+
+
+class LMDBStoreInterface(StoreInterface):
+    """improv's recording store: objects pickled into a local LMDB environment.
+
+    Puts go through a queue to a commit thread (every ``commit_freq``
+    seconds, or at once for ``flush_immediately``). Names starting with
+    ``q_`` or ``config`` are queue records, kept by name plus time; everything
+    else is kept by object ID.
+    """
+
+    def __init__(
+        self,
+        path: str = "../outputs/",
+        name: str | None = None,
+        load: bool = False,
+        max_size: float = 1e12,
+        flush_immediately: bool = False,
+        commit_freq: float = 1,
+    ) -> None:
+        if load:
+            if name is None:
+                raise ValueError("name of the LMDB is required when loading an existing one")
+            self.lmdb_path = os.path.join(path, name)
+            if not os.path.exists(self.lmdb_path):
+                raise FileNotFoundError(f"no LMDB at {self.lmdb_path}")
+        else:
+            os.makedirs(path, exist_ok=True)
+            name = name or "lmdb_" + datetime.now().strftime("%Y%m%d_%H%M%S")
+            self.lmdb_path = os.path.join(path, name)
+        self.lmdb_name = name
+        self.flush_immediately = flush_immediately
+        self.lmdb_commit_freq = commit_freq
+        self.lmdb_env = lmdb.open(self.lmdb_path, map_size=int(max_size), sync=True)
+        self.put_queue: queue.Queue[_PendingPut] = queue.Queue()
+        self._subscribers: list[queue.SimpleQueue[LMDBData]] = []
+        self._commit_lock = threading.Lock()
+        self._closed = threading.Event()
+        self.commit_thread = threading.Thread(
+            target=self.commit_daemon, name="lmdb-commit", daemon=True
+        )
+        self.commit_thread.start()
+
+    def get(self, key: Any, include_metadata: bool = False) -> Any:
+        """Get object using key (any byte string, name or ObjectID), or a list of keys.
+
+        Returns the stored object, or its LMDBData with ``include_metadata``.
+        Raises ObjectNotFoundError for a key that is not stored.
+        """
+        if isinstance(key, list):
+            return [self._get_one(_key_bytes(k), include_metadata) for k in key]
+        return self._get_one(_key_bytes(key), include_metadata)
+
+    def _get_one(self, key: bytes, include_metadata: bool) -> Any:
+        with self.lmdb_env.begin() as txn:
+            raw = txn.get(key)
+        if raw is None:
+            raise ObjectNotFoundError(key)
+        record = pickle.loads(raw)
+        return record if include_metadata else record.obj
+
+    def get_keys(self) -> list[bytes]:
+        """Get all keys in LMDB."""
+        with self.lmdb_env.begin() as txn:
+            return list(txn.cursor().iternext(values=False))
+
+    def put(
+        self,
+        obj: Any,
+        obj_name: str,
+        obj_id: ObjectID | bytes | None = None,
+        flush_this_immediately: bool = False,
+    ) -> None:
+        """Queue an object for recording; committed by the commit thread."""
+        is_queue = obj_name.startswith(("q_", "config"))
+        if is_queue:
+            key = obj_name.encode() + pickle.dumps(time.time())
+        elif obj_id is not None:
+            key = _key_bytes(obj_id)
+        else:
+            key = ObjectID.random().binary()
+        record = LMDBData(obj=obj, time=time.time(), name=obj_name, is_queue=is_queue)
+        self.put_queue.put(_PendingPut(key, record, flush_this_immediately))
+        if self.flush_immediately or flush_this_immediately:
+            self.commit()
+
+    def flush(self, sig: Any = None, frame: Any = None) -> None:
+        """Must run before exiting. Commits what is queued, syncs to disk and closes."""
+        if self._closed.is_set():
+            return
+        self.commit()
+        self._closed.set()
+        self.commit_thread.join(timeout=10)
+        self.lmdb_env.sync(True)
+        self.lmdb_env.close()
+
+    def commit_daemon(self) -> None:
+        """Commit queued puts every ``commit_freq`` seconds until flushed."""
+        while not self._closed.wait(self.lmdb_commit_freq):
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit queued puts into LMDB in one transaction."""
+        with self._commit_lock:
+            pending: list[_PendingPut] = []
+            while True:
+                try:
+                    pending.append(self.put_queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not pending or self._closed.is_set():
+                return
+            with self.lmdb_env.begin(write=True) as txn:
+                for item in pending:
+                    txn.put(item.key, pickle.dumps(item.record, protocol=5), overwrite=True)
+            for item in pending:
+                for subscriber in self._subscribers:
+                    subscriber.put(item.record)
+
+    def delete(self, obj_id: ObjectID | bytes) -> None:
+        """Delete object from LMDB. Raises ObjectNotFoundError if the ID is not found."""
+        with self.lmdb_env.begin(write=True) as txn:
+            if txn.pop(_key_bytes(obj_id)) is None:
+                raise ObjectNotFoundError(obj_id)
+
+    def replace(self, obj: Any, obj_name: str, obj_id: ObjectID | bytes) -> None:
+        """Overwrite the recorded object under ``obj_id``. Raises ObjectNotFoundError if absent."""
+        key = _key_bytes(obj_id)
+        record = LMDBData(obj=obj, time=time.time(), name=obj_name)
+        with self.lmdb_env.begin(write=True) as txn:
+            if txn.get(key) is None:
+                raise ObjectNotFoundError(obj_id)
+            txn.put(key, pickle.dumps(record, protocol=5))
+
+    def subscribe(self) -> Iterator[LMDBData]:
+        """The records committed from now on, as an iterator that waits for the next one."""
+        inbox: queue.SimpleQueue[LMDBData] = queue.SimpleQueue()
+        self._subscribers.append(inbox)
+        return iter(inbox.get, None)
+
+
+def _key_bytes(key: Any) -> bytes:
+    if isinstance(key, ObjectID):
+        return key.binary()
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, (bytes, bytearray, np.bytes_)):
+        return bytes(key)
+    binary = getattr(key, "binary", None)  # e.g. a pyarrow.plasma.ObjectID
+    if binary is not None:
+        return binary()
+    raise TypeError(f"cannot use {type(key).__name__} as an LMDB key")
+
+
+StoreInterface = PlasmaStoreInterface  # type: ignore[misc]  # as in improv.store

@@ -1,0 +1,395 @@
+"""The Plasma side of scripts/bench, and the timing code it shares with scripts/bench.
+
+Apache Arrow Plasma was removed after pyarrow 11, which needs numpy < 2, while
+the project's venv has numpy 2. So scripts/bench runs the Plasma workloads in a
+subprocess, under ``.venv-plasma/bin/python`` (made by scripts/bench-setup):
+
+    .venv-plasma/bin/python scripts/bench_plasma_worker.py --socket /tmp/x/plasma.sock
+
+against a ``plasma_store`` that scripts/bench started, and reads the JSON this
+prints on stdout: ``{"versions": {...}, "rows": [{"workload", "transport",
+"store", "metric", "value", ...}, ...]}``. Progress goes to stderr.
+
+scripts/bench imports this module too (stdlib and numpy only at import time;
+each store's client is imported when it is first used), so every store is
+timed by the same functions: ``time_ops`` (one call after another),
+``time_large`` (one big object, median of repeats) and ``handoff`` (a frame
+put in one process and read in another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import signal
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+KiB = 1 << 10
+MiB = 1 << 20
+PLASMA = "plasma"
+COLOCATED = "colocated"
+HANDOFF_TIMEOUT = 300.0
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+def percentile(sorted_ns: list[int], fraction: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
+    index = min(len(sorted_ns) - 1, max(0, round(fraction * len(sorted_ns)) - 1))
+    return sorted_ns[index] / 1e3
+
+
+def time_ops(op: Callable[[int], object], duration: float, warmup: float) -> dict[str, float]:
+    """Call ``op(i)`` back to back: ``warmup`` s unrecorded, then ``duration`` s, each op timed."""
+    ns = time.perf_counter_ns
+    i = 0
+    warm_end = ns() + int(warmup * 1e9)
+    while ns() < warm_end:
+        op(i)
+        i += 1
+    samples: list[int] = []
+    start = ns()
+    end = start + int(duration * 1e9)
+    now = start
+    while now < end:
+        t0 = ns()
+        op(i)
+        now = ns()
+        samples.append(now - t0)
+        i += 1
+    elapsed = now - start
+    samples.sort()
+    return {
+        "ops_per_s": len(samples) / (elapsed / 1e9),
+        "p50_us": percentile(samples, 0.50),
+        "p99_us": percentile(samples, 0.99),
+        "count": len(samples),
+    }
+
+
+def ops_rows(workload: str, transport: str, store: str,
+             measured: dict[str, float]) -> list[dict[str, Any]]:
+    """Result rows (ops/s, p50, p99) of one ``time_ops`` case."""
+    return [{"workload": workload, "transport": transport, "store": store, "metric": metric,
+             "value": measured[metric], "samples": measured["count"]}
+            for metric in ("ops_per_s", "p50_us", "p99_us")]
+
+
+def time_large(put: Callable[[], Any], get: Callable[[Any], Any], delete: Callable[[Any], None],
+               nbytes: int, repeats: int,
+               settle: Callable[[], None] = lambda: None) -> dict[str, list[int]]:
+    """Nanoseconds of ``repeats`` puts and gets of one ``nbytes`` object, after one warm-up each.
+
+    Each put is deleted again before the next; the gets all read one object.
+    ``settle()`` runs (untimed) before every timed call, so each starts from a
+    quiet store (improv-store: its background commits have caught up).
+    """
+    ns = time.perf_counter_ns
+    put_ns = []
+    for attempt in range(repeats + 1):
+        settle()
+        t0 = ns()
+        ref = put()
+        elapsed = ns() - t0
+        delete(ref)
+        if attempt:
+            put_ns.append(elapsed)
+    ref = put()
+    get_ns = []
+    for attempt in range(repeats + 1):
+        settle()
+        t0 = ns()
+        data = get(ref)
+        elapsed = ns() - t0
+        if len(data) != nbytes:
+            raise RuntimeError(f"got {len(data)} of {nbytes} bytes")
+        del data
+        if attempt:
+            get_ns.append(elapsed)
+    delete(ref)
+    settle()
+    return {"put_ns": put_ns, "get_ns": get_ns}
+
+
+def large_rows(label: str, transport: str, store: str, nbytes: int, timed: dict[str, list[int]],
+               metrics: tuple[str, ...] = ("put GB_per_s", "get GB_per_s", "get ms"),
+               ) -> list[dict[str, Any]]:
+    """Result rows of one ``time_large`` case: medians, with every sample kept."""
+    rows = []
+    for item in metrics:
+        op, metric = item.split()
+        times = timed[f"{op}_ns"]
+        if metric == "GB_per_s":
+            each = [nbytes / t for t in times]  # bytes per ns == GB/s
+        else:
+            metric = "ms"
+            each = [t / 1e6 for t in times]
+        rows.append({"workload": f"{op} {label}", "transport": transport, "store": store,
+                     "metric": metric, "value": statistics.median(each),
+                     "samples": len(each), "each": each})
+    return rows
+
+
+# -- frame handoff between two processes -----------------------------------------------------
+
+
+class Backend:
+    """One process's connection to a store, as the handoff uses it: put, get, delete a frame.
+
+    ``put`` returns a small picklable reference that the other process's
+    ``get`` accepts. Kinds: ``improv-shm`` (StoreClient, transfer="auto"),
+    ``improv-inline`` (transfer="inline"), ``redis`` (a key), ``plasma``.
+    """
+
+    def __init__(self, kind: str, address: str) -> None:
+        self.kind = kind
+        self._count = 0
+        if kind.startswith("improv-"):
+            from improv_store.client import StoreClient
+
+            transfer = "auto" if kind == "improv-shm" else "inline"
+            self.client: Any = StoreClient("unix://" + address, transfer=transfer)
+            if kind == "improv-shm" and not self.client.colocated:
+                raise RuntimeError("improv-store does not use shared memory for this client")
+        elif kind == "redis":
+            import redis
+
+            self.client = redis.Redis(unix_socket_path=address)
+        elif kind == PLASMA:
+            self.plasma = import_plasma()
+            self.client = self.plasma.connect(address)
+        else:
+            raise ValueError(f"unknown store kind {kind!r}")
+
+    def put(self, frame: np.ndarray) -> bytes:
+        if self.kind == "redis":
+            self._count += 1
+            key = b"frame:%d" % self._count
+            self.client.set(key, memoryview(frame))
+            return key
+        return self.client.put(frame).binary()  # improv-store and Plasma ObjectIDs alike
+
+    def get(self, ref: bytes) -> Any:
+        if self.kind == PLASMA:
+            return self.client.get(self.plasma.ObjectID(ref))
+        return self.client.get(ref)
+
+    def delete(self, ref: bytes) -> None:
+        if self.kind == PLASMA:
+            self.client.delete([self.plasma.ObjectID(ref)])
+        else:
+            self.client.delete(ref)
+
+    def close(self) -> None:
+        if self.kind == PLASMA:
+            self.client.disconnect()
+        else:
+            self.client.close()
+
+
+def import_plasma() -> Any:
+    """``pyarrow.plasma``, without its deprecation warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pyarrow.plasma as plasma
+    return plasma
+
+
+def _producer(kind: str, address: str, size: int, count: int, conn: Any, out: Any) -> None:
+    """Put ``count`` frames one at a time; send (ref, index, t0) and wait for the ack."""
+    try:
+        backend = Backend(kind, address)
+        frame = np.ones(size, dtype=np.uint8)  # touched: no page faults in the timed part
+        if conn.recv() != "ready":
+            raise RuntimeError("consumer did not start")
+        ns = time.perf_counter_ns
+        for i in range(count):
+            frame[0] = frame[-1] = i & 0xFF  # each frame differs; the consumer checks
+            t0 = ns()
+            ref = backend.put(frame)
+            conn.send((ref, i, t0))
+            if conn.recv() != "ack":
+                raise RuntimeError("consumer stopped")
+            backend.delete(ref)  # untimed: the consumer has read it
+        conn.send(None)
+        backend.close()
+        out.put(("producer", [], None))
+    except BaseException as exc:  # report, do not hang the parent
+        with contextlib.suppress(Exception):
+            conn.send(None)
+        out.put(("producer", [], f"{type(exc).__name__}: {exc}"))
+
+
+def _consumer(kind: str, address: str, size: int, conn: Any, out: Any) -> None:
+    """Get each frame by its ref, read its first and last byte, record now - t0."""
+    try:
+        backend = Backend(kind, address)
+        conn.send("ready")
+        ns = time.perf_counter_ns
+        samples = []
+        while (message := conn.recv()) is not None:
+            ref, i, t0 = message
+            frame = backend.get(ref)
+            first, last = int(frame[0]), int(frame[-1])
+            t1 = ns()
+            if len(frame) != size or first != i & 0xFF or last != i & 0xFF:
+                raise RuntimeError(f"frame {i} came back wrong ({len(frame)} bytes)")
+            del frame
+            samples.append(t1 - t0)
+            conn.send("ack")
+        backend.close()
+        out.put(("consumer", samples, None))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            conn.send("stop")
+        out.put(("consumer", [], f"{type(exc).__name__}: {exc}"))
+
+
+def handoff(kind: str, address: str, size: int, frames: int, warmup: int) -> list[int]:
+    """Latencies (ns) of ``frames`` handoffs: put in one process -> read in another.
+
+    Two fresh processes (spawned: gRPC does not survive fork), one connection
+    each. The producer takes a ``perf_counter_ns`` timestamp (CLOCK_MONOTONIC,
+    the same clock in every process), puts a 1-byte-changed frame and sends
+    the reference through a pipe; the consumer gets the frame, reads its first
+    and last byte, and records the time since the timestamp. One frame at a
+    time (the producer waits for an ack), so no queueing is measured. The
+    first ``warmup`` frames are dropped.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    producer_end, consumer_end = ctx.Pipe()
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_producer, daemon=True,
+                    args=(kind, address, size, warmup + frames, producer_end, out)),
+        ctx.Process(target=_consumer, daemon=True,
+                    args=(kind, address, size, consumer_end, out)),
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        reports = dict((role, (samples, error)) for role, samples, error in
+                       (out.get(timeout=HANDOFF_TIMEOUT) for _ in procs))
+        for proc in procs:
+            proc.join(30)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    errors = [error for _, error in reports.values() if error]
+    if errors:
+        raise RuntimeError(f"{kind} handoff failed: {'; '.join(errors)}")
+    samples = reports["consumer"][0][warmup:]
+    if len(samples) != frames:
+        raise RuntimeError(f"{kind} handoff: {len(samples)} of {frames} frames arrived")
+    return samples
+
+
+def handoff_rows(label: str, transport: str, store: str,
+                 samples: list[int]) -> list[dict[str, Any]]:
+    ordered = sorted(samples)
+    return [{"workload": label, "transport": transport, "store": store, "metric": metric,
+             "value": percentile(ordered, fraction), "samples": len(ordered)}
+            for metric, fraction in (("p50_us", 0.50), ("p99_us", 0.99))]
+
+
+def handoff_label(size: int) -> str:
+    return f"handoff {size_label(size)} to another process"
+
+
+def size_label(size: int) -> str:
+    if size >= MiB:
+        return f"{size // MiB} MiB"
+    if size >= KiB:
+        return f"{size // KiB} KiB"
+    return f"{size} B"
+
+
+# -- the Plasma workloads ----------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+def plasma_small(client: Any, size: int, duration: float, warmup: float) -> list[dict[str, Any]]:
+    """put and get of ``size``-byte objects, one call each: bytes below 64 KiB, else an array."""
+    raw = np.random.default_rng().integers(0, 256, size, dtype=np.uint8)
+    payload: Any = raw.tobytes() if size < 64 * KiB else raw
+    label = size_label(size)
+    stored: list[Any] = []
+    rows = ops_rows(f"put {label}", COLOCATED, PLASMA,
+                    time_ops(lambda _i: stored.append(client.put(payload)), duration, warmup))
+    client.delete(stored)
+    object_id = client.put(payload)
+    got = client.get(object_id)
+    if (got != payload) if size < 64 * KiB else not np.array_equal(got, payload):
+        raise RuntimeError("plasma returned different bytes")
+    del got
+    rows += ops_rows(f"get {label}", COLOCATED, PLASMA,
+                     time_ops(lambda _i: client.get(object_id), duration, warmup))
+    client.delete([object_id])
+    return rows
+
+
+def plasma_large(client: Any, size: int, repeats: int) -> list[dict[str, Any]]:
+    """One ``size``-byte numpy array: client.put(arr); client.get(oid) is a zero-copy view."""
+    array = np.random.default_rng().integers(0, 256, size, dtype=np.uint8)
+    timed = time_large(lambda: client.put(array), client.get,
+                       lambda object_id: client.delete([object_id]), size, repeats)
+    return large_rows(size_label(size), COLOCATED, PLASMA, size, timed,
+                      ("put GB_per_s", "get ms"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", required=True, help="the plasma_store's socket")
+    parser.add_argument("--duration", type=float, default=3.0, help="timed seconds per ops case")
+    parser.add_argument("--warmup", type=float, default=0.3, help="unrecorded seconds before")
+    parser.add_argument("--small-sizes", default=f"128,{MiB}", help="comma-separated bytes")
+    parser.add_argument("--large-bytes", type=int, default=100 * MiB)
+    parser.add_argument("--repeats", type=int, default=3, help="timed large puts and gets")
+    parser.add_argument("--frame-bytes", type=int, default=MiB, help="handoff frame size")
+    parser.add_argument("--frames", type=int, default=300, help="timed handoffs")
+    parser.add_argument("--handoff-warmup", type=int, default=20, help="untimed handoffs first")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", FutureWarning)
+
+    import pyarrow
+
+    plasma = import_plasma()
+    rows: list[dict[str, Any]] = []
+    client = plasma.connect(args.socket)
+    try:
+        for size in (int(s) for s in args.small_sizes.split(",") if s):
+            progress(f"plasma colocated: put/get {size_label(size)}")
+            rows += plasma_small(client, size, args.duration, args.warmup)
+        progress(f"plasma colocated: put/get {size_label(args.large_bytes)}")
+        rows += plasma_large(client, args.large_bytes, args.repeats)
+    finally:
+        client.disconnect()
+    progress(f"plasma: {handoff_label(args.frame_bytes)}, {args.frames} frames")
+    samples = handoff(PLASMA, args.socket, args.frame_bytes, args.frames, args.handoff_warmup)
+    rows += handoff_rows(handoff_label(args.frame_bytes), COLOCATED, PLASMA, samples)
+    versions = {"pyarrow": pyarrow.__version__, "numpy (plasma venv)": np.__version__,
+                "python (plasma venv)": sys.version.split()[0]}
+    json.dump({"versions": versions, "rows": rows}, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
