@@ -20,6 +20,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from improv_store.client import StoreClient
+from improv_store.service.arena import remove_stale_segments
+from improv_store.service.locality import store_prefix
 
 START_TIMEOUT = 30.0
 
@@ -142,6 +144,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.stop(timeout=15)
         server.kill()
+    for data_dir in {server.data_dir for server in started}:
+        # A server a test killed leaves its shared memory behind (a restart would clear it).
+        remove_stale_segments(store_prefix(data_dir))
     shutil.rmtree(socket_dir, ignore_errors=True)
 
 
