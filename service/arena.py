@@ -179,12 +179,6 @@ class Arena:
             self._segments.remove(segment)
             segment.close()
 
-    def segment_named(self, name: str) -> Segment | None:
-        for segment in self._segments:
-            if segment.name == name:
-                return segment
-        return None
-
     def close(self) -> None:
         """Unmap and unlink every segment."""
         for segment in self._segments:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import BinaryIO
 
@@ -88,7 +89,8 @@ def launch(
     with open(log_path, "ab") if log_path else tempfile.TemporaryFile() as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            _wait_serving(process, log_file, "unix:" + os.path.abspath(store_loc), timeout)
+            address = "unix:" + os.path.abspath(store_loc)
+            wait_until_serving(process, address, timeout, lambda: _tail(log_file))
         except BaseException:
             if process.poll() is None:
                 process.kill()
@@ -97,16 +99,20 @@ def launch(
     return StoreProcess(process, store_loc, data_dir)
 
 
-def _wait_serving(
-    process: subprocess.Popen, log_file: BinaryIO, address: str, timeout: float
+def wait_until_serving(
+    process: subprocess.Popen, address: str, timeout: float, output: Callable[[], str]
 ) -> None:
+    """Poll the standard health service at ``address`` until SERVING.
+
+    Raises RuntimeError with ``output()`` (what the server wrote) if the
+    process exits first, or when ``timeout`` seconds pass.
+    """
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                output = _tail(log_file)
-                raise RuntimeError(f"improv-store exited with {process.returncode}: {output}")
+                raise RuntimeError(f"improv-store exited with {process.returncode}: {output()}")
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -114,7 +120,7 @@ def _wait_serving(
             except grpc.RpcError:
                 pass
             time.sleep(0.05)
-    raise RuntimeError(f"improv-store did not answer on {address} within {timeout} s")
+    raise RuntimeError(f"improv-store did not answer on {address} within {timeout} s: {output()}")
 
 
 def _tail(log_file: BinaryIO, limit: int = 4000) -> str:

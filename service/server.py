@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -22,6 +23,9 @@ from .servicer import StoreServicer
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
 
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
 
@@ -113,6 +117,22 @@ def _clear_stale_socket(path: str) -> None:
     raise RuntimeError(f"another server is already listening on {path}")
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel.
+
+    Every payload that travels inline allocates megabyte-sized buffers;
+    returned to the kernel each time, they page-fault back in on the next
+    call, which made a 1 MiB inline Get 3x slower (3.6 ms against 1.2 ms).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+
+
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly; return the exit code."""
     stop_requested = threading.Event()
@@ -121,6 +141,7 @@ def run(config: ServerConfig) -> int:
         log.info("received %s", signal.Signals(signum).name)
         stop_requested.set()
 
+    keep_freed_memory()
     try:
         server = StoreServer(config)
     except (RuntimeError, OSError) as exc:

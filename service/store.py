@@ -86,28 +86,10 @@ class Store:
         self._committer: Committer | None = None
         self._last_sequence = 0
         self._reserved_through = 0
-        trimmed_through = 0
         capacity = arena_capacity(config.memory)
         self.shm = ShmNamespace(config.data_dir)
         try:
-            if config.durability != "none":
-                self._backend = LmdbBackend(
-                    config.data_dir,
-                    initial_map_size=config.initial_map_size,
-                    event_retention=config.event_retention,
-                )
-                recovered = self._backend.recover()
-                for meta in recovered.objects:
-                    self._table.add(StoredObject(meta=meta))
-                self._last_sequence = self._reserved_through = recovered.last_sequence
-                trimmed_through = recovered.trimmed_through
-                log.info(
-                    "recovered %d objects (%d bytes) from %s; last sequence %d",
-                    len(self._table),
-                    self._table.total_bytes,
-                    config.data_dir,
-                    self._last_sequence,
-                )
+            trimmed_through = self._recover() if config.durability != "none" else 0
         except BaseException:
             self.shm.close()
             raise
@@ -125,6 +107,27 @@ class Store:
                 interval=config.commit_interval,
                 on_commit=self._committed,
             )
+
+    def _recover(self) -> int:
+        """Open LMDB and rebuild the table from it; return how far history was trimmed.
+
+        Payloads stay on disk until first read.
+        """
+        config = self.config
+        self._backend = LmdbBackend(
+            config.data_dir,
+            initial_map_size=config.initial_map_size,
+            event_retention=config.event_retention,
+        )
+        recovered = self._backend.recover()
+        for meta in recovered.objects:
+            self._table.add(StoredObject(meta=meta))
+        self._last_sequence = self._reserved_through = recovered.last_sequence
+        log.info(
+            "recovered %d objects (%d bytes) from %s; last sequence %d",
+            len(self._table), self._table.total_bytes, config.data_dir, self._last_sequence,
+        )
+        return recovered.trimmed_through
 
     # -- writes ---------------------------------------------------------------------
 

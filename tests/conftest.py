@@ -10,17 +10,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from improv_store.client import StoreClient
 from improv_store.service.arena import remove_stale_segments
+from improv_store.service.launch import wait_until_serving
 from improv_store.service.locality import store_prefix
 
 START_TIMEOUT = 30.0
@@ -73,23 +71,8 @@ class ServerProcess:
 
 
 def wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> None:
-    """Poll the standard health service until SERVING, failing fast if the server died."""
-    deadline = time.monotonic() + START_TIMEOUT
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {process.returncode}:\n{log_path.read_text()}"
-                )
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError(f"server not SERVING after {START_TIMEOUT} s:\n{log_path.read_text()}")
+    """Wait for health SERVING, failing with the server's log if it died or never answered."""
+    wait_until_serving(process, address, START_TIMEOUT, log_path.read_text)
 
 
 @pytest.fixture
