@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .errors import ObjectNotFound, StoreError, StoreUnavailable
 from .ids import ObjectID
-from .models import Event, ObjectInfo
+from .models import Event, ObjectInfo, StoreInfo
 from .store_client import Ref, StoreClient, normalize_address
 
 EXIT_NOT_FOUND = 1
@@ -232,11 +232,22 @@ def _info(store: StoreClient, args: argparse.Namespace) -> int:
         ("resident objects", str(info.resident_objects)),
         ("evictions", str(info.evictions)),
         ("sessions", str(info.sessions)),
+        ("requests", f"{info.requests} ({info.failed_requests} failed)"),
+        ("commits", _commits(info)),
+        ("subscriber lag", f"{info.subscriber_lag} events"),
         ("this client", "colocated (shared memory)" if store.colocated else "remote (inline)"),
     ]
     for key, value in rows:
         print(f"{key + ':':20} {value}")
     return 0
+
+
+def _commits(info: StoreInfo) -> str:
+    if not info.commits:
+        return "0"
+    mean_ms = info.commit_seconds / info.commits * 1e3
+    per_commit = info.committed_changes / info.commits
+    return f"{info.commits} (mean {mean_ms:.2f} ms, {per_commit:.1f} changes each)"
 
 
 def _health(store: StoreClient, args: argparse.Namespace) -> int:

@@ -113,6 +113,12 @@ class StoreInfo:
     resident_objects: int
     segments: int
     sessions: int
+    requests: int
+    failed_requests: int
+    commits: int
+    commit_seconds: float
+    committed_changes: int
+    subscriber_lag: int
 
     @classmethod
     def from_proto(cls, info: pb.InfoResponse) -> StoreInfo:
@@ -138,4 +144,10 @@ class StoreInfo:
             resident_objects=info.arena.resident_objects,
             segments=info.arena.segments,
             sessions=info.arena.sessions,
+            requests=info.stats.requests,
+            failed_requests=info.stats.failed_requests,
+            commits=info.stats.commits,
+            commit_seconds=info.stats.commit_seconds,
+            committed_changes=info.stats.committed_changes,
+            subscriber_lag=info.stats.subscriber_lag,
         )

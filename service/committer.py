@@ -51,8 +51,11 @@ class Committer:
         group_commit: bool,
         interval: float,
         on_commit: Callable[[int], None],
+        observe: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_commit(sequence)`` follows each commit; ``observe(changes, seconds)`` times it."""
         self._backend = backend
+        self._observe = observe
         self._group_commit = group_commit
         self._interval = interval
         self._on_commit = on_commit
@@ -123,6 +126,7 @@ class Committer:
     def _commit(self, batch: list[Change], ticket: Ticket) -> None:
         """Write one batch; on failure tell its waiters and retry until it lands."""
         while True:
+            started = time.perf_counter()
             try:
                 self._backend.write(batch)
             except Exception as exc:
@@ -138,6 +142,8 @@ class Committer:
                     return
                 time.sleep(_RETRY_DELAY)
                 continue
+            if self._observe is not None:
+                self._observe(len(batch), time.perf_counter() - started)
             self._on_commit(batch[-1].event.sequence)  # before waiters wake: they may evict
             ticket.resolve()
             return

@@ -32,6 +32,8 @@ class ServerConfig:
     max_workers: int = 128
     initial_map_size: int = 1 * GiB
     memory: int | None = None
+    metrics_listen: str = ""
+    log_format: str = "text"
     shm_min_size: int = 64 << 10
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
@@ -146,6 +148,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         " (IMPROV_STORE_MEMORY)",
     )
     add(
+        "--metrics-listen",
+        default=_env("metrics_listen", d.metrics_listen),
+        help="host:port to serve Prometheus /metrics on; empty: off"
+        " (IMPROV_STORE_METRICS_LISTEN)",
+    )
+    add(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("log_format", d.log_format),
+        help="text lines, or one JSON object per line (IMPROV_STORE_LOG_FORMAT)",
+    )
+    add(
         "--log-level",
         default=_env("log_level", d.log_level),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -173,5 +187,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_workers=int(args.max_workers),
         initial_map_size=args.initial_map_size,
         memory=args.memory,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
         log_level=args.log_level,
     )

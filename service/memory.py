@@ -54,7 +54,10 @@ class ResidentSet:
                 self.arena.free(obj.region)
                 obj.region = None
                 self.evictions += 1
-                log.debug("evicted %s (%d bytes)", object_id.hex(), obj.meta.size)
+                log.info(
+                    "evicted %s (%s, %d bytes) to make room; it reloads from disk on use",
+                    object_id.hex(), obj.meta.name or "unnamed", obj.meta.size,
+                )
                 return True
         return False
 

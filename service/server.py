@@ -19,6 +19,7 @@ from improv_store import __version__
 from improv_store.v1 import store_pb2, store_pb2_grpc
 
 from .config import ServerConfig
+from .metrics import StoreMetrics
 from .servicer import StoreServicer
 from .store import Store
 
@@ -37,7 +38,9 @@ class StoreServer:
         self.config = config
         if config.socket:
             _clear_stale_socket(config.socket)
-        self.store = Store(config)
+        self.metrics = StoreMetrics()
+        self.store = Store(config, observe_commit=self.metrics.observe_commit)
+        self.metrics.watch(self.store.info, self.store.subscriber_lag)
         options = [
             ("grpc.max_receive_message_length", config.max_message_size),
             ("grpc.max_send_message_length", config.max_message_size),
@@ -46,8 +49,11 @@ class StoreServer:
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
             options=options,
+            interceptors=[self.metrics.interceptor()],
         )
-        store_pb2_grpc.add_StoreServiceServicer_to_server(StoreServicer(self.store), self._grpc)
+        store_pb2_grpc.add_StoreServiceServicer_to_server(
+            StoreServicer(self.store, stats=self.metrics.stats), self._grpc
+        )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
@@ -74,6 +80,9 @@ class StoreServer:
 
     def start(self) -> None:
         self._grpc.start()
+        if self.config.metrics_listen:
+            self.metrics.serve(self.config.metrics_listen)
+            self.addresses.append(f"http://{self.config.metrics_listen}/metrics")
         if self.config.socket:
             os.chmod(self.config.socket, 0o600)
         for name in ("", SERVICE_NAME):
@@ -148,11 +157,15 @@ def run(config: ServerConfig) -> int:
         log.error("cannot start: %s", exc)
         return 1
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    exit_code = 0
     try:
         server.start()
         stop_requested.wait()
+    except OSError as exc:  # e.g. the metrics port is taken
+        log.error("cannot start: %s", exc)
+        exit_code = 1
     finally:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return exit_code

@@ -76,8 +76,10 @@ def _wait_seconds(request: Any, context: grpc.ServicerContext) -> float:
 class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     """Implements improv_store.v1.StoreService over a Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, stats: Callable[[], pb.ServerStats] | None = None) -> None:
+        """``stats`` adds request and commit counters to Info."""
         self._store = store
+        self._stats = stats
         self._inline_limit = store.config.inline_limit
         self._shm_min_size = store.config.shm_min_size
 
@@ -259,7 +261,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
-        return self._store.info()
+        info = self._store.info()
+        if self._stats is not None:
+            info.stats.MergeFrom(self._stats())
+        return info
 
     @_statuses
     def Subscribe(

@@ -72,7 +72,10 @@ class Stored:
 class Store:
     """Thread-safe object store."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, observe_commit: Callable[[int, float], None] | None = None
+    ) -> None:
+        """``observe_commit(changes, seconds)`` is told about every LMDB commit."""
         self.config = config
         self.start_time = time.time()
         self._lock = threading.Lock()
@@ -106,6 +109,7 @@ class Store:
                 group_commit=config.durability == "sync",
                 interval=config.commit_interval,
                 on_commit=self._committed,
+                observe=observe_commit,
             )
 
     def _recover(self) -> int:
@@ -518,7 +522,12 @@ class Store:
                 ),
                 locality_token_name=self.shm.token_name,
                 locality_token=self.shm.token,
+                stats=pb.ServerStats(subscriber_lag=self._hub.max_lag(self._last_sequence)),
             )
+
+    def subscriber_lag(self) -> int:
+        """Events the furthest-behind subscriber has yet to receive."""
+        return self._hub.max_lag(self._last_sequence)
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -593,6 +602,7 @@ class Subscription:
         try:
             for event in self._history:
                 if self._subscriber.matches(event):
+                    self._subscriber.delivered = event.sequence
                     yield event
             yield from self._subscriber.live()
         finally:

@@ -34,6 +34,7 @@ class Subscriber:
         self._cond = threading.Condition()
         self._events: deque[pb.Event] = deque()
         self._resume_from: int | None = None
+        self.delivered = since - 1  # the last sequence handed to the stream
         self._closed = False
         self._store_closing = False
 
@@ -75,7 +76,9 @@ class Subscriber:
                     return
                 else:
                     raise overflowed(self._resume_from)
-            yield from batch
+            for event in batch:
+                self.delivered = event.sequence
+                yield event
 
 
 def overflowed(resume_from: int) -> StoreError:
@@ -110,6 +113,12 @@ class SubscriberHub:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:
             subscriber.offer(event)
+
+    def max_lag(self, last_sequence: int) -> int:
+        """Events the furthest-behind subscriber has not been handed yet."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        return max((last_sequence - s.delivered for s in subscribers), default=0)
 
     def close_all(self) -> None:
         with self._lock:

@@ -1,0 +1,179 @@
+"""Prometheus metrics: what an operator watches, served on ``--metrics-listen``.
+
+Request counts and latencies come from a server interceptor; commit latency
+and batch size from the committer; the rest (objects, bytes, arena, evictions,
+subscribers and their lag) is read from the store at scrape time, so the hot
+path pays for nothing it does not already do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from improv_store.v1 import store_pb2 as pb
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+
+
+class StoreMetrics:
+    """The registry of one server and the instruments the server feeds."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "improv_store_requests", "RPCs finished, by method and status code",
+            ("method", "code"), registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "improv_store_request_seconds", "RPC latency, from arrival to last response",
+            ("method",), buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "improv_store_commit_seconds", "LMDB commit latency, fsync included",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.commit_batch = Histogram(
+            "improv_store_commit_batch_changes", "Changes committed per LMDB transaction",
+            buckets=_BATCH_BUCKETS, registry=self.registry,
+        )
+
+    def observe_commit(self, changes: int, seconds: float) -> None:
+        self.commit_seconds.observe(seconds)
+        self.commit_batch.observe(changes)
+
+    def stats(self) -> pb.ServerStats:
+        """The counters as Info reports them."""
+        stats = pb.ServerStats()
+        for sample in _samples(self.requests, "_total"):
+            stats.requests += int(sample.value)
+            if sample.labels["code"] != "OK":
+                stats.failed_requests += int(sample.value)
+        stats.commits = int(sum(s.value for s in _samples(self.commit_seconds, "_count")))
+        stats.commit_seconds = sum(s.value for s in _samples(self.commit_seconds, "_sum"))
+        stats.committed_changes = int(sum(s.value for s in _samples(self.commit_batch, "_sum")))
+        return stats
+
+    def watch(self, info: Callable[[], pb.InfoResponse], lag: Callable[[], int]) -> None:
+        """Report the store's state at every scrape."""
+        self.registry.register(_StoreCollector(info, lag))
+
+    def serve(self, address: str) -> None:
+        """Serve /metrics over HTTP on ``host:port`` (a daemon thread)."""
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        return _MetricsInterceptor(self)
+
+
+def _samples(metric: Counter | Histogram, suffix: str) -> Iterator[Any]:
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                yield sample
+
+
+class _StoreCollector(Collector):
+    def __init__(self, info: Callable[[], pb.InfoResponse], lag: Callable[[], int]) -> None:
+        self._info = info
+        self._lag = lag
+
+    def collect(self) -> Iterable[Any]:
+        info = self._info()
+        arena = info.arena
+        gauges = (
+            ("improv_store_objects", "Objects stored", info.object_count),
+            ("improv_store_bytes", "Sum of stored payload sizes", info.total_bytes),
+            ("improv_store_arena_capacity_bytes", "Shared memory the arena may hold",
+             arena.capacity),
+            ("improv_store_arena_used_bytes", "Shared memory allocated to objects", arena.used),
+            ("improv_store_arena_pinned_bytes", "Shared memory pinned by leases and creates",
+             arena.pinned),
+            ("improv_store_resident_objects", "Objects whose payload is in shared memory",
+             arena.resident_objects),
+            ("improv_store_sessions", "Open client sessions", arena.sessions),
+            ("improv_store_subscribers", "Open Subscribe streams", info.subscriber_count),
+            ("improv_store_subscriber_lag_events",
+             "Events the furthest-behind subscriber has yet to receive", self._lag()),
+            ("improv_store_last_sequence", "Sequence number of the latest change",
+             info.last_sequence),
+            ("improv_store_committed_sequence", "Latest sequence committed to disk",
+             info.committed_sequence),
+        )
+        for name, documentation, value in gauges:
+            yield GaugeMetricFamily(name, documentation, value=value)
+        yield CounterMetricFamily(
+            "improv_store_evictions", "Objects evicted from shared memory", value=arena.evictions
+        )
+
+
+class _MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts and times every RPC by method and final status code."""
+
+    def __init__(self, metrics: StoreMetrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._timed(method, handler.unary_unary),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._timed(method, handler.stream_unary),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._timed_stream(method, handler.unary_stream),
+                handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            self._timed_stream(method, handler.stream_stream),
+            handler.request_deserializer, handler.response_serializer)
+
+    def _record(self, method: str, context: grpc.ServicerContext, started: float,
+                failed: bool) -> None:
+        code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
+        self._metrics.requests.labels(method, code.name).inc()
+        self._metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def _timed(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            failed = True
+            try:
+                response = behavior(request, context)
+                failed = False
+                return response
+            finally:
+                self._record(method, context, started, failed)
+
+        return timed
+
+    def _timed_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            failed = True
+            try:
+                yield from behavior(request, context)
+                failed = False
+            finally:
+                self._record(method, context, started, failed)
+
+        return timed
