@@ -36,7 +36,7 @@ class StoreMetrics:
         )
         self.request_seconds = Histogram(
             "improv_store_request_seconds", "RPC latency, from arrival to last response",
-            ("method",), buckets=_LATENCY_BUCKETS, registry=self.registry,
+            ("method", "code"), buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.commit_seconds = Histogram(
             "improv_store_commit_seconds", "LMDB commit latency, fsync included",
@@ -151,7 +151,9 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                 failed: bool) -> None:
         code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
         self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+        self._metrics.request_seconds.labels(method, code.name).observe(
+            time.perf_counter() - started
+        )
 
     def _timed(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def timed(request: Any, context: grpc.ServicerContext) -> Any:

@@ -63,7 +63,8 @@ def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
     assert moved("improv_store_requests_total", method="Get", code="OK") == 3
     assert moved("improv_store_requests_total", method="Get", code="NOT_FOUND") == 2
     assert moved("improv_store_requests_total", method="Delete", code="OK") == 1
-    assert moved("improv_store_request_seconds_count", method="Put") == 40
+    assert moved("improv_store_request_seconds_count", method="Put", code="OK") == 40
+    assert moved("improv_store_request_seconds_count", method="Get", code="NOT_FOUND") == 2
     assert value(after, "improv_store_objects") == 39
     assert value(after, "improv_store_bytes") == 39 << 20
     assert moved("improv_store_commit_batch_changes_sum") == 41  # 40 puts and a delete
