@@ -33,6 +33,7 @@ class ServerConfig:
     initial_map_size: int = 1 * GiB
     memory: int | None = None
     metrics_listen: str = ""
+    lane: bool = True
     log_format: str = "text"
     shm_min_size: int = 64 << 10
     shutdown_grace: float = 5.0
@@ -148,6 +149,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         " (IMPROV_STORE_MEMORY)",
     )
     add(
+        "--lane",
+        choices=("on", "off"),
+        default=_env("lane", "on"),
+        help="the local lane: a plain unix socket beside --socket (path + '.lane') that"
+        " colocated clients use for fast calls (IMPROV_STORE_LANE)",
+    )
+    add(
         "--metrics-listen",
         default=_env("metrics_listen", d.metrics_listen),
         help="host:port to serve Prometheus /metrics on; empty: off"
@@ -188,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         initial_map_size=args.initial_map_size,
         memory=args.memory,
         metrics_listen=args.metrics_listen,
+        lane=args.lane == "on",
         log_format=args.log_format,
         log_level=args.log_level,
     )

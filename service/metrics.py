@@ -47,6 +47,11 @@ class StoreMetrics:
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
 
+    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Count one finished request (the interceptor's job, for calls outside gRPC)."""
+        self.requests.labels(method, code.name).inc()
+        self.request_seconds.labels(method, code.name).observe(seconds)
+
     def observe_commit(self, changes: int, seconds: float) -> None:
         self.commit_seconds.observe(seconds)
         self.commit_batch.observe(changes)
@@ -150,10 +155,7 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
     def _record(self, method: str, context: grpc.ServicerContext, started: float,
                 failed: bool) -> None:
         code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
-        self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.request_seconds.labels(method, code.name).observe(
-            time.perf_counter() - started
-        )
+        self._metrics.record(method, code, time.perf_counter() - started)
 
     def _timed(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def timed(request: Any, context: grpc.ServicerContext) -> Any:

@@ -19,6 +19,7 @@ from improv_store import __version__
 from improv_store.v1 import store_pb2, store_pb2_grpc
 
 from .config import ServerConfig
+from .lane import LaneServer
 from .metrics import StoreMetrics
 from .servicer import StoreServicer
 from .store import Store
@@ -51,20 +52,26 @@ class StoreServer:
             options=options,
             interceptors=[self.metrics.interceptor()],
         )
-        store_pb2_grpc.add_StoreServiceServicer_to_server(
-            StoreServicer(self.store, stats=self.metrics.stats), self._grpc
-        )
+        lane_path = ""
+        if config.socket and config.lane:
+            lane_path = os.path.abspath(config.socket) + ".lane"
+        servicer = StoreServicer(self.store, stats=self.metrics.stats, lane_socket=lane_path)
+        store_pb2_grpc.add_StoreServiceServicer_to_server(servicer, self._grpc)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
         self.addresses: list[str] = []
+        self.lane: LaneServer | None = None
         try:
             if config.socket:
                 self._bind("unix:" + os.path.abspath(config.socket))
             if config.listen:
                 self._bind(config.listen)
+            if lane_path:
+                self.lane = LaneServer(lane_path, self.store, servicer, self.metrics.record)
+                self.addresses.append(f"lane:{lane_path}")
         except Exception:
             self.store.close()
             raise
@@ -80,6 +87,8 @@ class StoreServer:
 
     def start(self) -> None:
         self._grpc.start()
+        if self.lane is not None:
+            self.lane.start()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
             self.addresses.append(f"http://{self.config.metrics_listen}/metrics")
@@ -99,6 +108,8 @@ class StoreServer:
         """Stop accepting, let in-flight calls finish, flush to disk, remove the socket."""
         log.info("shutting down")
         self._health.enter_graceful_shutdown()
+        if self.lane is not None:
+            self.lane.stop()
         self.store.begin_shutdown()
         self._grpc.stop(self.config.shutdown_grace).wait()
         self.store.close()

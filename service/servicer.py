@@ -76,10 +76,16 @@ def _wait_seconds(request: Any, context: grpc.ServicerContext) -> float:
 class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     """Implements improv_store.v1.StoreService over a Store."""
 
-    def __init__(self, store: Store, stats: Callable[[], pb.ServerStats] | None = None) -> None:
-        """``stats`` adds request and commit counters to Info."""
+    def __init__(
+        self,
+        store: Store,
+        stats: Callable[[], pb.ServerStats] | None = None,
+        lane_socket: str = "",
+    ) -> None:
+        """``stats`` adds request and commit counters to Info; ``lane_socket`` the lane's path."""
         self._store = store
         self._stats = stats
+        self._lane_socket = lane_socket
         self._inline_limit = store.config.inline_limit
         self._shm_min_size = store.config.shm_min_size
 
@@ -262,6 +268,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     @_statuses
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         info = self._store.info()
+        info.lane_socket = self._lane_socket
         if self._stats is not None:
             info.stats.MergeFrom(self._stats())
         return info

@@ -77,10 +77,11 @@ def wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> Non
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: ``start_server(durability="sync", data_dir=None, *extra_flags)``.
+    """Factory: ``start_server(*extra_flags, durability=, data_dir=, env=, socket_path=)``.
 
     Every server it starts is stopped at teardown (killed if SIGTERM does not
-    end it). Passing an earlier server's ``data_dir`` restarts on its data.
+    end it). Passing an earlier server's ``data_dir`` (and ``socket_path``)
+    restarts on its data (and at its address).
     """
     started: list[ServerProcess] = []
     socket_dir = tempfile.mkdtemp(prefix="is-", dir="/tmp")  # short: sun_path is 108 bytes
@@ -90,9 +91,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         durability: str = "async",
         data_dir: str | None = None,
         env: dict[str, str] | None = None,
+        socket_path: str | None = None,
     ) -> ServerProcess:
         index = len(started)
-        socket_path = os.path.join(socket_dir, f"s{index}.sock")
+        socket_path = socket_path or os.path.join(socket_dir, f"s{index}.sock")
         port = free_port()
         data_dir = data_dir or str(tmp_path / f"data{index}")
         log_path = tmp_path / f"server{index}.log"

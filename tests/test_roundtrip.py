@@ -81,13 +81,15 @@ def get_by_ids(address: str, ids: dict[str, bytes]) -> dict[str, tuple[str | Non
     }
 
 
-@pytest.fixture(autouse=True, params=["inline", "shm"])
+@pytest.fixture(autouse=True, params=["inline", "shm", "shm-over-grpc"])
 def transfer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run every round trip twice: inline bytes, and shared memory for every payload.
+    """Run every round trip three ways: inline bytes over gRPC; shared memory for every
+    payload with calls over the local lane; and shared memory with calls over gRPC.
 
     Set in the environment, so client processes spawned by a test inherit it.
     """
-    monkeypatch.setenv("IMPROV_STORE_TRANSFER", request.param)
+    monkeypatch.setenv("IMPROV_STORE_TRANSFER", request.param.removesuffix("-over-grpc"))
+    monkeypatch.setenv("IMPROV_STORE_LANE", "off" if "grpc" in request.param else "on")
     return request.param
 
 

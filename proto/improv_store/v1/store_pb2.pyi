@@ -19,6 +19,21 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_PICKLE: _ClassVar[Encoding]
     ENCODING_PICKLE_BUFFERS: _ClassVar[Encoding]
 
+class LaneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LANE_METHOD_UNSPECIFIED: _ClassVar[LaneMethod]
+    LANE_METHOD_PUT: _ClassVar[LaneMethod]
+    LANE_METHOD_GET: _ClassVar[LaneMethod]
+    LANE_METHOD_BATCH_GET: _ClassVar[LaneMethod]
+    LANE_METHOD_DELETE: _ClassVar[LaneMethod]
+    LANE_METHOD_REPLACE: _ClassVar[LaneMethod]
+    LANE_METHOD_CREATE: _ClassVar[LaneMethod]
+    LANE_METHOD_SEAL: _ClassVar[LaneMethod]
+    LANE_METHOD_ABORT: _ClassVar[LaneMethod]
+    LANE_METHOD_RELEASE: _ClassVar[LaneMethod]
+    LANE_METHOD_INFO: _ClassVar[LaneMethod]
+    LANE_METHOD_LIST: _ClassVar[LaneMethod]
+
 class Transfer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRANSFER_UNSPECIFIED: _ClassVar[Transfer]
@@ -50,6 +65,18 @@ ENCODING_RAW: Encoding
 ENCODING_NDARRAY: Encoding
 ENCODING_PICKLE: Encoding
 ENCODING_PICKLE_BUFFERS: Encoding
+LANE_METHOD_UNSPECIFIED: LaneMethod
+LANE_METHOD_PUT: LaneMethod
+LANE_METHOD_GET: LaneMethod
+LANE_METHOD_BATCH_GET: LaneMethod
+LANE_METHOD_DELETE: LaneMethod
+LANE_METHOD_REPLACE: LaneMethod
+LANE_METHOD_CREATE: LaneMethod
+LANE_METHOD_SEAL: LaneMethod
+LANE_METHOD_ABORT: LaneMethod
+LANE_METHOD_RELEASE: LaneMethod
+LANE_METHOD_INFO: LaneMethod
+LANE_METHOD_LIST: LaneMethod
 TRANSFER_UNSPECIFIED: Transfer
 TRANSFER_INLINE: Transfer
 TRANSFER_SHM: Transfer
@@ -427,7 +454,7 @@ class ArenaUsage(_message.Message):
     def __init__(self, capacity: _Optional[int] = ..., used: _Optional[int] = ..., pinned: _Optional[int] = ..., evictions: _Optional[int] = ..., segments: _Optional[int] = ..., sessions: _Optional[int] = ..., resident_objects: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token", "stats")
+    __slots__ = ("version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token", "stats", "lane_socket")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +469,7 @@ class InfoResponse(_message.Message):
     LOCALITY_TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
     LOCALITY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    LANE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     version: str
     durability: Durability
     limits: Limits
@@ -456,7 +484,8 @@ class InfoResponse(_message.Message):
     locality_token_name: str
     locality_token: bytes
     stats: ServerStats
-    def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ...) -> None: ...
+    lane_socket: str
+    def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ...) -> None: ...
 
 class ServerStats(_message.Message):
     __slots__ = ("requests", "failed_requests", "commits", "commit_seconds", "committed_changes", "subscriber_lag")

@@ -1,0 +1,138 @@
+"""The client end of the local lane: unary calls over a plain unix socket.
+
+One connection per client, one call at a time on it. The connection is also
+the client's session: leases taken through it (shared-memory views) are
+released by one-way frames, queued by finalizers and sent before the next
+call or by a small flusher thread, so dropping a view never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import struct
+import threading
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from improv_store.v1 import store_pb2 as pb
+
+from .errors import error_for
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<IB")
+ONE_WAY = 0x80
+_FLUSH_INTERVAL = 0.05
+
+Response = TypeVar("Response", bound=Message)
+
+
+class Lane:
+    """An open lane connection; thread-safe (calls take turns)."""
+
+    def __init__(self, path: str) -> None:
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._socket.connect(path)
+            status, body = self._read()
+        except OSError as exc:
+            self._socket.close()
+            raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
+        if status != grpc.StatusCode.OK:
+            self._socket.close()
+            raise error_for(status, body.decode(errors="replace"))
+        self.session_id = pb.SessionResponse.FromString(body).session_id
+        self._lock = threading.Lock()
+        self._releases: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        threading.Thread(target=self._flush_periodically, name="improv-store-lane",
+                         daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed.is_set()
+
+    def call(self, method: int, request: Message, response_type: type[Response]) -> Response:
+        """Send one request and wait for its answer; a failure status raises its StoreError."""
+        with self._lock:
+            if self._closed.is_set():
+                raise error_for(grpc.StatusCode.UNAVAILABLE, "the lane connection is closed")
+            try:
+                self._send_releases()
+                self._write(method, request.SerializeToString())
+                status, body = self._read()
+            except OSError as exc:
+                self._close_locked()
+                raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane connection lost: {exc}") \
+                    from None
+        if status != grpc.StatusCode.OK:
+            raise error_for(status, body.decode(errors="replace"))
+        return response_type.FromString(body)
+
+    def release(self, lease_id: int) -> None:
+        """Queue a lease for release; safe from finalizers and any thread."""
+        self._releases.put(lease_id)
+
+    def close(self) -> None:
+        """Close the connection; the server drops this session's leases."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._socket.close()
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(_FLUSH_INTERVAL):
+            if not self._releases.empty() and self._lock.acquire(blocking=False):
+                try:
+                    if not self._closed.is_set():
+                        self._send_releases()
+                except OSError:
+                    self._close_locked()
+                finally:
+                    self._lock.release()
+
+    def _send_releases(self) -> None:
+        lease_ids = []
+        while True:
+            try:
+                lease_ids.append(self._releases.get_nowait())
+            except queue.Empty:
+                break
+        if lease_ids:
+            request = pb.ReleaseRequest(session_id=self.session_id, lease_ids=lease_ids)
+            self._write(pb.LANE_METHOD_RELEASE | ONE_WAY, request.SerializeToString())
+
+    def _write(self, method: int, body: bytes) -> None:
+        self._socket.sendall(HEADER.pack(len(body) + 1, method) + body)
+
+    def _read(self) -> tuple[grpc.StatusCode, bytes]:
+        length, status = HEADER.unpack(self._receive(HEADER.size))
+        return _status_code(status), self._receive(length - 1)
+
+    def _receive(self, size: int) -> bytes:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        while received < size:
+            count = self._socket.recv_into(view[received:])
+            if count == 0:
+                raise ConnectionResetError("the store closed the lane")
+            received += count
+        return bytes(buffer) if size < (64 << 10) else buffer  # protobuf parses either
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
+

@@ -1,0 +1,213 @@
+"""The local lane: the store's unary calls over a plain unix socket, for colocated clients.
+
+A unary gRPC call costs about ten times a request/response on a unix socket
+between two Python processes, and small objects are all call overhead. The
+lane carries the very same protobuf messages, length-prefixed (framing in
+store.proto, ``LaneMethod``), and runs them through the same servicer code,
+so validation, statuses and leases are identical. Each connection is a
+session: when it closes, for whatever reason, its leases and unsealed
+creates are dropped, as when a gRPC Session stream ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from improv_store.v1 import store_pb2 as pb
+
+from .errors import StoreError
+from .servicer import StoreServicer
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<IB")
+ONE_WAY = 0x80
+
+# method -> (servicer method name, request type)
+METHODS: dict[int, tuple[str, type[Message]]] = {
+    pb.LANE_METHOD_PUT: ("Put", pb.PutRequest),
+    pb.LANE_METHOD_GET: ("Get", pb.GetRequest),
+    pb.LANE_METHOD_BATCH_GET: ("BatchGet", pb.BatchGetRequest),
+    pb.LANE_METHOD_DELETE: ("Delete", pb.DeleteRequest),
+    pb.LANE_METHOD_REPLACE: ("Replace", pb.ReplaceRequest),
+    pb.LANE_METHOD_CREATE: ("Create", pb.CreateRequest),
+    pb.LANE_METHOD_SEAL: ("Seal", pb.SealRequest),
+    pb.LANE_METHOD_ABORT: ("Abort", pb.AbortRequest),
+    pb.LANE_METHOD_RELEASE: ("Release", pb.ReleaseRequest),
+    pb.LANE_METHOD_INFO: ("Info", pb.InfoRequest),
+    pb.LANE_METHOD_LIST: ("List", pb.ListRequest),
+}
+
+
+class LaneAbort(Exception):
+    """A call that ends with a status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _LaneContext:
+    """What the servicer needs of a gRPC context, for a lane call (no deadline)."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise LaneAbort(code, details)
+
+    def time_remaining(self) -> None:
+        return None
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        """Trailers carry nothing a unary lane call needs."""
+
+
+class LaneServer:
+    """Accepts lane connections on ``path``; a thread serves each one."""
+
+    def __init__(
+        self,
+        path: str,
+        store: Store,
+        servicer: StoreServicer,
+        record: Callable[[str, grpc.StatusCode, float], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._store = store
+        self._servicer = servicer
+        self._record = record
+        self._max_frame = store.config.max_message_size
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        if os.path.exists(path):
+            os.unlink(path)  # the gRPC socket beside it was checked for a live server first
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        os.chmod(path, 0o600)
+        self._listener.listen(128)
+        self._thread = threading.Thread(target=self._accept, name="lane-accept", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting and end every connection (their sessions close)."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed
+            with self._lock:
+                self._connections.add(connection)
+            threading.Thread(
+                target=self._serve, args=(connection,), name="lane", daemon=True
+            ).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        try:
+            session_id, _ = self._store.open_session()
+        except StoreError as exc:  # the store is stopping
+            self._send(connection, exc.code, exc.message.encode())
+            self._forget(connection)
+            return
+        try:
+            hello = pb.SessionResponse(session_id=session_id).SerializeToString()
+            self._send(connection, grpc.StatusCode.OK, hello)
+            while self._serve_one(connection):
+                pass
+        except OSError:
+            pass  # the client went away
+        finally:
+            self._forget(connection)
+            self._store.close_session(session_id)
+
+    def _forget(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+        connection.close()
+
+    def _serve_one(self, connection: socket.socket) -> bool:
+        """Answer one request; False when the connection is over."""
+        header = _receive(connection, HEADER.size)
+        if header is None:
+            return False
+        length, method = HEADER.unpack(header)
+        one_way = bool(method & ONE_WAY)
+        method &= ~ONE_WAY
+        if not 1 <= length <= self._max_frame:
+            self._send(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"frame of {length} bytes is outside 1..{self._max_frame}".encode())
+            return False
+        body = _receive(connection, length - 1)
+        if body is None:
+            return False
+        started = time.perf_counter()
+        name, status, reply = self._dispatch(method, body)
+        if self._record is not None:
+            self._record(name, status, time.perf_counter() - started)
+        if not one_way:
+            self._send(connection, status, reply)
+        return True
+
+    def _dispatch(self, method: int, body: bytearray) -> tuple[str, grpc.StatusCode, bytes]:
+        entry = METHODS.get(method)
+        if entry is None:
+            return "unknown", grpc.StatusCode.UNIMPLEMENTED, f"no lane method {method}".encode()
+        name, request_type = entry
+        try:
+            request = request_type.FromString(body)
+        except DecodeError as exc:
+            return name, grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name}: {exc}".encode()
+        try:
+            response: Any = getattr(self._servicer, name)(request, _LaneContext())
+        except LaneAbort as exc:
+            return name, exc.code, exc.message.encode()
+        return name, grpc.StatusCode.OK, response.SerializeToString()
+
+    @staticmethod
+    def _send(connection: socket.socket, status: grpc.StatusCode, body: bytes) -> None:
+        header = HEADER.pack(len(body) + 1, status.value[0])
+        if len(body) < _SMALL:
+            connection.sendall(header + body)  # one system call
+        else:
+            connection.sendall(header)  # no copy of a large body
+            connection.sendall(body)
+
+
+_SMALL = 64 << 10
+
+
+def _receive(connection: socket.socket, size: int) -> bytearray | None:
+    """Exactly ``size`` bytes, or None if the peer closed first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = connection.recv_into(view[received:])
+        if count == 0:
+            return None
+        received += count
+    return buffer

@@ -1,0 +1,209 @@
+"""The local lane: the same calls over a plain unix socket, with the same answers."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from improv_store.client import ObjectNotFound, StoreClient
+from improv_store.v1 import store_pb2 as pb
+
+HEADER = struct.Struct("<IB")
+OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED = 0, 3, 5, 8, 12
+
+
+class RawLane:
+    """A lane connection that sends whatever bytes a test wants."""
+
+    def __init__(self, path: str) -> None:
+        self.socket = socket.socket(socket.AF_UNIX)
+        self.socket.settimeout(10)
+        self.socket.connect(path)
+        status, body = self.read()
+        assert status == OK
+        self.session_id = pb.SessionResponse.FromString(body).session_id
+
+    def read(self) -> tuple[int, bytes]:
+        length, status = HEADER.unpack(self._exactly(HEADER.size))
+        return status, self._exactly(length - 1)
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.socket.recv(size - len(data))
+            if not chunk:
+                raise ConnectionResetError("closed")
+            data += chunk
+        return data
+
+    def call(self, method: int, body: bytes) -> tuple[int, bytes]:
+        self.socket.sendall(HEADER.pack(len(body) + 1, method) + body)
+        return self.read()
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.socket.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def lane_path(server: Any) -> str:
+    with server.client(transfer="inline") as store:
+        return store._grpc_call("Info", pb.InfoRequest()).lane_socket
+
+
+def test_colocated_clients_use_the_lane(server: Any) -> None:
+    """The lane sits beside the socket, owner-only, and a colocated client takes it."""
+    path = lane_path(server)
+    assert path == server.socket_path + ".lane"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with server.client() as store:
+        object_id = store.put(np.arange(10))
+        assert store.colocated and store._local is not None and store._local.lane_path == path
+        assert (store.get(object_id) == np.arange(10)).all()
+        assert store.info().sessions == 1  # the lane connection is the session
+
+
+def test_raw_lane_calls_and_statuses(server: Any) -> None:
+    """Same messages, same statuses: Put, Get, NOT_FOUND, bad payloads, unknown methods."""
+    lane = RawLane(lane_path(server))
+    put = pb.PutRequest(spec=pb.ObjectSpec(name="raw"), data=b"over the lane")
+    status, body = lane.call(pb.LANE_METHOD_PUT, put.SerializeToString())
+    assert status == OK
+    object_id = pb.PutResponse.FromString(body).meta.id
+    get = pb.GetRequest(ref=pb.ObjectRef(id=object_id))
+    status, body = lane.call(pb.LANE_METHOD_GET, get.SerializeToString())
+    assert status == OK and pb.GetResponse.FromString(body).data == b"over the lane"
+
+    missing = pb.GetRequest(ref=pb.ObjectRef(name="missing")).SerializeToString()
+    assert lane.call(pb.LANE_METHOD_GET, missing)[0] == NOT_FOUND
+    bad_id = pb.GetRequest(ref=pb.ObjectRef(id=b"short")).SerializeToString()
+    assert lane.call(pb.LANE_METHOD_GET, bad_id)[0] == INVALID_ARGUMENT
+    assert lane.call(pb.LANE_METHOD_PUT, b"\xff\xff\xff garbage")[0] == INVALID_ARGUMENT
+    assert lane.call(99, b"")[0] == UNIMPLEMENTED
+    assert lane.call(pb.LANE_METHOD_UNSPECIFIED, b"")[0] == UNIMPLEMENTED
+    shm_get = pb.GetRequest(ref=pb.ObjectRef(id=object_id), transfer=pb.TRANSFER_SHM,
+                            session_id=lane.session_id)
+    status, body = lane.call(pb.LANE_METHOD_GET, shm_get.SerializeToString())
+    assert status == OK and pb.GetResponse.FromString(body).handle.length == 13
+    with server.client() as store:
+        assert store.get("raw") == b"over the lane"
+
+
+@pytest.mark.parametrize("frame", [
+    HEADER.pack(0, pb.LANE_METHOD_GET),  # no method byte
+    HEADER.pack(1 << 30, pb.LANE_METHOD_PUT),  # beyond the message limit
+])
+def test_malformed_frames_end_only_that_connection(server: Any, frame: bytes) -> None:
+    """A frame the server cannot accept ends that connection; everyone else goes on."""
+    with server.client() as bystander:
+        kept = bystander.put(np.ones(1 << 17))
+        lane = RawLane(lane_path(server))
+        lane.socket.sendall(frame)
+        status, _ = lane.read()
+        assert status == RESOURCE_EXHAUSTED
+        assert lane.closed_by_server()
+        assert (bystander.get(kept) == 1).all()
+    truncated = RawLane(lane_path(server))
+    truncated.socket.sendall(HEADER.pack(100, pb.LANE_METHOD_PUT) + b"short")
+    truncated.socket.close()
+    with server.client() as store:
+        assert store.info().object_count == 1
+
+
+def hold_view_and_create_then_wait(address: str, ready: Any) -> None:
+    """Child: take a lease and an unsealed create over the lane, then hang until killed."""
+    store = StoreClient(address)
+    frame = store.get("frame")
+    creation = store.create((1 << 20,), "uint8", name="never")
+    buffer = creation.__enter__()
+    buffer[:] = 1
+    ready.send((int(frame.sum()), store._local.lane_path))
+    time.sleep(600)
+
+
+def test_sigkilled_lane_client_gives_everything_back(server: Any) -> None:
+    """A lane client killed with SIGKILL holding a lease and a create: both are freed."""
+    import multiprocessing
+
+    with server.client() as store:
+        store.put(np.ones(1 << 20, np.uint8), name="frame")
+        gc.collect()
+        baseline = store.info()
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(target=hold_view_and_create_then_wait,
+                                  args=(server.unix_address, child))
+        process.start()
+        total, path = parent.recv()
+        assert total == 1 << 20 and path.endswith(".lane")
+        busy = store.info()
+        assert busy.arena_pinned >= 2 << 20 and busy.sessions == baseline.sessions + 1
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            info = store.info()
+            if (info.arena_pinned, info.arena_used, info.sessions) == (
+                baseline.arena_pinned, baseline.arena_used, baseline.sessions
+            ):
+                break
+            time.sleep(0.05)
+        assert (info.arena_pinned, info.arena_used, info.sessions) == (
+            baseline.arena_pinned, baseline.arena_used, baseline.sessions
+        )
+        with pytest.raises(ObjectNotFound):
+            store.stat("never")
+
+
+def test_lane_off_on_either_side(start_server: Any) -> None:
+    """--lane off on the server, or lane=False on the client: calls go through gRPC sessions."""
+    server = start_server("--lane", "off")
+    assert lane_path(server) == ""
+    assert not os.path.exists(server.socket_path + ".lane")
+    with server.client() as store:
+        assert store.colocated and store._local.lane_path == ""
+        assert (store.get(store.put(np.arange(5))) == np.arange(5)).all()
+    other = start_server()
+    with other.client(lane=False) as store:
+        assert store.colocated and store._local.lane_path == ""
+        assert store.get(store.put(b"x" * 100_000)) == b"x" * 100_000
+
+
+def test_server_restart_reconnects_the_lane(start_server: Any) -> None:
+    """After the server restarts, the same client's next call opens a new lane."""
+    server = start_server(durability="sync")
+    with server.client() as store:
+        object_id = store.put(np.arange(100_000))
+        assert server.stop() == 0
+        restarted = start_server(durability="sync", data_dir=server.data_dir,
+                                 socket_path=server.socket_path)
+        assert restarted.process.poll() is None
+        assert (store.get(object_id) == np.arange(100_000)).all()
+
+
+def test_lane_calls_are_counted_in_metrics(start_server: Any) -> None:
+    """Operators see lane calls with the gRPC ones."""
+    server = start_server()
+    with server.client() as store:
+        store.put(np.zeros(100_000))
+        store.put(np.zeros(100_000))
+        before = store.info().requests
+        for _ in range(5):
+            store.put(1)
+        assert store.info().requests >= before + 5
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "improv-store"), "info",
+         "--address", server.unix_address], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "requests:" in result.stdout
