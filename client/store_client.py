@@ -209,7 +209,7 @@ class StoreClient:
 
     def _call_with_session(
         self,
-        method: Any,
+        method: str,
         make_request: Callable[[_Local | None, str], Any],
         extra_time: float = 0.0,
     ) -> tuple[Any, _Local | None]:
@@ -223,7 +223,9 @@ class StoreClient:
                 lost = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
                 if exc.code not in lost or not local or attempt:
                     raise
-                local.session = None
+                stale, local.session = local.session, None
+                if stale is not None:
+                    stale.close()
         raise AssertionError("unreachable")
 
     def _transfer(self) -> int:
