@@ -48,20 +48,20 @@ class Encoded:
             target[offset : offset + len(part)] = part
             offset += len(part)
 
-    def chunks(self, chunk_size: int) -> Iterator[bytes]:
-        """The payload in chunks of at most ``chunk_size`` bytes, copying one chunk at a time."""
+    def chunk_pieces(self, chunk_size: int) -> Iterator[list[memoryview]]:
+        """The payload as chunks of at most ``chunk_size`` bytes, each a list of views (no copy)."""
         pending: list[memoryview] = []
         pending_size = 0
         for part in self.parts:
             for offset in range(0, len(part), chunk_size):
                 piece = part[offset : offset + chunk_size]
                 if pending_size + len(piece) > chunk_size:
-                    yield b"".join(pending)
+                    yield pending
                     pending, pending_size = [], 0
                 pending.append(piece)
                 pending_size += len(piece)
         if pending:
-            yield b"".join(pending)
+            yield pending
 
 
 def encode(obj: Any) -> Encoded:

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
+from improv_store import wire
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -33,6 +34,7 @@ DEFAULT_ADDRESS = "unix:///tmp/improv-store.sock"
 INLINE_LIMIT = 4 << 20
 MAX_MESSAGE_SIZE = 32 << 20
 TRANSFER_MODES = ("auto", "shm", "inline")
+_SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["StoreService"].full_name + "/"
 
 # RPCs the local lane carries: name -> (LaneMethod, response type).
 _LANE_METHODS: dict[str, tuple[int, type]] = {
@@ -118,9 +120,24 @@ class StoreClient:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
                 ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+                ("grpc.http2.max_frame_size", 16777215),
             ],
         )
         self._stub = store_pb2_grpc.StoreServiceStub(self._channel)
+        # The chunk streams with their messages left serialized (improv_store.wire):
+        # bulk data is copied once, not passed through protobuf objects.
+        self._bulk = {
+            "PutStream": self._channel.stream_unary(
+                _SERVICE_PATH + "PutStream",
+                request_serializer=None,
+                response_deserializer=pb.PutStreamResponse.FromString,
+            ),
+            "GetStream": self._channel.unary_stream(
+                _SERVICE_PATH + "GetStream",
+                request_serializer=pb.GetStreamRequest.SerializeToString,
+                response_deserializer=None,
+            ),
+        }
         self._local_lock = threading.Lock()
         self._local: _Local | None = None
         self._local_checked = False
@@ -168,7 +185,8 @@ class StoreClient:
     def _grpc_call(self, method: str, request: Any, extra_time: float = 0.0) -> Any:
         timeout = None if self.timeout is None else self.timeout + extra_time
         try:
-            return getattr(self._stub, method)(request, timeout=timeout)
+            call = self._bulk.get(method) or getattr(self._stub, method)
+            return call(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -415,14 +433,14 @@ class StoreClient:
         """Fetch a large payload as chunks into one buffer (one copy, no join of copies)."""
         request = pb.GetStreamRequest(ref=pb.ObjectRef(id=object_id))
         try:
-            stream = self._stub.GetStream(request, timeout=self.timeout)
-            meta = next(stream).meta
+            stream = self._bulk["GetStream"](request, timeout=self.timeout)
+            meta = pb.GetStreamResponse.FromString(next(stream)).meta
+            chunks = (_chunk_of(raw) for raw in stream)
             if meta.encoding == pb.ENCODING_RAW:
-                return b"".join(message.chunk for message in stream)
+                return b"".join(chunks)
             buffer = np.empty(meta.size, dtype=np.uint8)
             offset = 0
-            for message in stream:
-                chunk = message.chunk
+            for chunk in chunks:
                 buffer[offset : offset + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
                 offset += len(chunk)
         except grpc.RpcError as exc:
@@ -471,10 +489,17 @@ class _Local:
     session: Session | Lane | None = None
 
 
-def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[pb.PutStreamRequest]:
-    yield pb.PutStreamRequest(header=header)
-    for chunk in encoded.chunks(INLINE_LIMIT):
-        yield pb.PutStreamRequest(chunk=chunk)
+def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[bytes]:
+    """A PutStream's serialized messages: the header, then chunks encoded by hand."""
+    yield pb.PutStreamRequest(header=header).SerializeToString()
+    for pieces in encoded.chunk_pieces(INLINE_LIMIT):
+        yield wire.encode_chunk(pieces)
+
+
+def _chunk_of(raw: bytes) -> memoryview | bytes:
+    """The payload slice of a serialized GetStreamResponse chunk."""
+    chunk = wire.decode_chunk(raw)
+    return chunk if chunk is not None else pb.GetStreamResponse.FromString(raw).chunk
 
 
 def _status_code(value: int) -> grpc.StatusCode:

@@ -21,7 +21,7 @@ from improv_store.v1 import store_pb2, store_pb2_grpc
 from .config import ServerConfig
 from .lane import LaneServer
 from .metrics import StoreMetrics
-from .servicer import StoreServicer
+from .servicer import StoreServicer, bulk_handlers
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class StoreServer:
             ("grpc.max_receive_message_length", config.max_message_size),
             ("grpc.max_send_message_length", config.max_message_size),
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.max_frame_size", 16777215),
         ]
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
@@ -57,6 +58,8 @@ class StoreServer:
             lane_path = os.path.abspath(config.socket) + ".lane"
         servicer = StoreServicer(self.store, stats=self.metrics.stats, lane_socket=lane_path)
         store_pb2_grpc.add_StoreServiceServicer_to_server(servicer, self._grpc)
+        # Registered after the generated handlers, so these replace theirs.
+        self._grpc.add_registered_method_handlers(SERVICE_NAME, bulk_handlers(servicer))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(

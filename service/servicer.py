@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import crc32c
 import grpc
+from google.protobuf.message import DecodeError, Message
 
+from improv_store import wire
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -28,6 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 BATCH_PAYLOAD_BUDGET = 16 << 20
 
 _SHM_TRANSFERS = (pb.TRANSFER_SHM, pb.TRANSFER_AUTO)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StoreService"].full_name
 
 
 def _statuses(method: F) -> F:
@@ -119,9 +122,11 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def PutStream(
-        self, request_iterator: Iterator[pb.PutStreamRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> pb.PutStreamResponse:
-        first = next(request_iterator, None)
+        """Takes serialized PutStreamRequests (``bulk_handlers``): chunks are sliced, not parsed."""
+        raw = next(request_iterator, None)
+        first = _parse(pb.PutStreamRequest, raw) if raw is not None else None
         if first is None or first.WhichOneof("part") != "header":
             raise invalid("a PutStream must start with a header")
         header = first.header
@@ -150,8 +155,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         # Releases are read on a thread of their own, so that this handler can
         # finish the stream as soon as the store stops, whatever the client does.
         threading.Thread(
-            target=self._read_releases, args=(session_id, request_iterator),
-            name=f"session-{session_id[:8]}", daemon=True,
+            target=self._read_releases,
+            args=(session_id, request_iterator),
+            name=f"session-{session_id[:8]}",
+            daemon=True,
         ).start()
         ended.wait()
 
@@ -215,13 +222,14 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     @_statuses
     def GetStream(
         self, request: pb.GetStreamRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.GetStreamResponse]:
+    ) -> Iterator[bytes]:
+        """Yields serialized GetStreamResponses (``bulk_handlers``), chunks encoded by hand."""
         chunk_size = min(request.chunk_size or self._inline_limit, self._inline_limit)
         obj = self._store.get(request.ref, _wait_seconds(request, context))
         with self._store.read(obj) as payload:
-            yield pb.GetStreamResponse(meta=obj.meta)
+            yield pb.GetStreamResponse(meta=obj.meta).SerializeToString()
             for offset in range(0, len(payload), chunk_size):
-                yield pb.GetStreamResponse(chunk=bytes(payload[offset : offset + chunk_size]))
+                yield wire.encode_chunk((payload[offset : offset + chunk_size],))
 
     @_statuses
     def BatchGet(
@@ -304,17 +312,27 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 raise
 
 
-def _receive_chunks(chunks: Iterator[pb.PutStreamRequest], target: memoryview) -> int:
-    """Copy a PutStream's chunks into ``target``, which they must fill exactly.
+def _parse(message_type: type[Message], raw: bytes) -> Any:
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise invalid(f"malformed {message_type.__name__}: {exc}") from None
+
+
+def _receive_chunks(chunks: Iterator[bytes], target: memoryview) -> int:
+    """Copy a PutStream's serialized chunk messages into ``target``, which they must fill.
 
     Returns the payload's CRC32C, computed as the chunks arrive.
     """
     received = 0
     checksum = 0
-    for message in chunks:
-        if message.WhichOneof("part") != "chunk":
-            raise invalid("only chunks may follow the header")
-        chunk = message.chunk
+    for raw in chunks:
+        chunk = wire.decode_chunk(raw)
+        if chunk is None:  # not the plain encoding: let protobuf judge it
+            message = _parse(pb.PutStreamRequest, raw)
+            if message.WhichOneof("part") != "chunk":
+                raise invalid("only chunks may follow the header")
+            chunk = message.chunk
         end = received + len(chunk)
         if end > len(target):
             raise invalid(f"chunks exceed the declared size of {len(target)} bytes")
@@ -324,3 +342,24 @@ def _receive_chunks(chunks: Iterator[pb.PutStreamRequest], target: memoryview) -
     if received != len(target):
         raise invalid(f"stream ended after {received} of {len(target)} bytes")
     return checksum
+
+
+def bulk_handlers(servicer: StoreServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """PutStream and GetStream with their chunk messages left serialized.
+
+    They replace the generated handlers of these two methods: the servicer
+    reads and writes chunks as bytes (see ``improv_store.wire``), so bulk
+    data is copied once each way instead of going through protobuf objects.
+    """
+    return {
+        "PutStream": grpc.stream_unary_rpc_method_handler(
+            servicer.PutStream,
+            request_deserializer=None,
+            response_serializer=pb.PutStreamResponse.SerializeToString,
+        ),
+        "GetStream": grpc.unary_stream_rpc_method_handler(
+            servicer.GetStream,
+            request_deserializer=pb.GetStreamRequest.FromString,
+            response_serializer=None,
+        ),
+    }
