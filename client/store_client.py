@@ -33,6 +33,10 @@ DEFAULT_ADDRESS = "unix:///tmp/improv-store.sock"
 # default inline limit, and each chunk is at most this size.
 INLINE_LIMIT = 4 << 20
 MAX_MESSAGE_SIZE = 32 << 20
+# put_many packs up to _PUT_BATCH objects of at most _BATCH_ITEM_LIMIT bytes per
+# message, which keeps every BatchPut under the server's 32 MiB message limit.
+_PUT_BATCH = 256
+_BATCH_ITEM_LIMIT = 64 << 10
 TRANSFER_MODES = ("auto", "shm", "inline")
 _SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["StoreService"].full_name + "/"
 
@@ -48,6 +52,7 @@ _LANE_METHODS: dict[str, tuple[int, type]] = {
     "Abort": (pb.LANE_METHOD_ABORT, pb.AbortResponse),
     "Info": (pb.LANE_METHOD_INFO, pb.InfoResponse),
     "List": (pb.LANE_METHOD_LIST, pb.ListResponse),
+    "BatchPut": (pb.LANE_METHOD_BATCH_PUT, pb.BatchPutResponse),
 }
 
 Ref = ObjectID | bytes | str
@@ -267,6 +272,43 @@ class StoreClient:
     ) -> ObjectID:
         """Store ``obj`` (ndarray, bytes, or anything picklable); return its ID."""
         return ObjectID(self._store(obj, name, id, labels, replace=False).id)
+
+    def put_many(
+        self, objects: Iterable[Any], names: Iterable[str | None] | None = None
+    ) -> list[ObjectID]:
+        """Store several small objects in few round trips; return their IDs in order.
+
+        Each object is stored on its own: if one is refused, the others still
+        are, and the first refusal is raised afterwards (its message says
+        which item). Objects too large for a batch go one by one.
+        """
+        items = list(objects)
+        labels = list(names) if names is not None else [None] * len(items)
+        if len(labels) != len(items):
+            raise ValueError(f"{len(items)} objects but {len(labels)} names")
+        ids: list[ObjectID | None] = [None] * len(items)
+        batch: list[tuple[int, pb.PutRequest]] = []
+        for index, (obj, name) in enumerate(zip(items, labels, strict=True)):
+            encoded = codec.encode(obj)
+            if encoded.size > _BATCH_ITEM_LIMIT:
+                ids[index] = self.put(obj, name)
+                continue
+            spec = pb.ObjectSpec(name=name or "", encoding=encoded.encoding, array=encoded.array)
+            batch.append((index, pb.PutRequest(spec=spec, data=encoded.to_bytes())))
+        first_error: StoreError | None = None
+        for start in range(0, len(batch), _PUT_BATCH):
+            chunk = batch[start : start + _PUT_BATCH]
+            request = pb.BatchPutRequest(items=[item for _, item in chunk])
+            response = self._call("BatchPut", request)
+            for (index, _), result in zip(chunk, response.results, strict=True):
+                if result.code == grpc.StatusCode.OK.value[0]:
+                    ids[index] = ObjectID(result.meta.id)
+                elif first_error is None:
+                    message = f"item {index}: {result.message}"
+                    first_error = error_for(_status_code(result.code), message)
+        if first_error is not None:
+            raise first_error
+        return [object_id for object_id in ids if object_id is not None]
 
     def replace(self, name: str, obj: Any, *, labels: dict[str, str] | None = None) -> ObjectID:
         """Store ``obj`` under ``name`` and delete the older objects of that name, atomically."""

@@ -48,6 +48,7 @@ METHODS: dict[int, tuple[str, type[Message]]] = {
     pb.LANE_METHOD_RELEASE: ("Release", pb.ReleaseRequest),
     pb.LANE_METHOD_INFO: ("Info", pb.InfoRequest),
     pb.LANE_METHOD_LIST: ("List", pb.ListRequest),
+    pb.LANE_METHOD_BATCH_PUT: ("BatchPut", pb.BatchPutRequest),
 }
 
 

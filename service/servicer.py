@@ -140,6 +140,29 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         return pb.PutStreamResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
 
     @_statuses
+    def BatchPut(
+        self, request: pb.BatchPutRequest, context: grpc.ServicerContext
+    ) -> pb.BatchPutResponse:
+        if len(request.items) > self._store.config.max_batch_size:
+            raise invalid(
+                f"{len(request.items)} items; a batch holds at most"
+                f" {self._store.config.max_batch_size}"
+            )
+        response = pb.BatchPutResponse()
+        for item in request.items:
+            result = response.results.add()
+            data = item.data
+            try:
+                self._check_inline(data)
+                result.meta.CopyFrom(self._store.put(item.spec, data).meta)
+            except StoreError as exc:
+                if exc.code == grpc.StatusCode.UNAVAILABLE:
+                    raise
+                result.code = exc.code.value[0]
+                result.message = exc.message
+        return response
+
+    @_statuses
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         return pb.DeleteResponse(deleted_ids=self._store.delete(request.ref))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from improv_store.client import ObjectID, StoreClient
+from improv_store.client import InvalidRequest, ObjectID, StoreClient
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -203,3 +203,38 @@ def test_wait_for_an_object_put_later(store: StoreClient, server: Any) -> None:
 def _get_waiting(address: str, raw_id: bytes) -> bytes:
     with StoreClient(address) as store:
         return store.get(ObjectID(raw_id), timeout=20)
+
+
+def test_put_many_stores_each_object_on_its_own(store: StoreClient) -> None:
+    """put_many keeps order; a refused item does not stop the others and is named after."""
+    objects = [b"a" * 128, np.arange(10), {"k": 1}, np.zeros(1 << 20)]  # the last goes alone
+    ids = store.put_many(objects, names=["n0", "n1", "n2", "n3"])
+    assert [store.stat(object_id).name for object_id in ids] == ["n0", "n1", "n2", "n3"]
+    for object_id, expected in zip(ids, objects, strict=True):
+        assert_same(store.get(object_id), expected)
+    with pytest.raises(InvalidRequest, match="item 1"):
+        store.put_many([b"ok", b"refused", b"also ok"], names=["x0", "x" * 300, "x2"])
+    assert [info.name for info in store.list("x")] == ["x0", "x2"]
+    with pytest.raises(ValueError):
+        store.put_many([b"1", b"2"], names=["only one"])
+
+
+def test_batch_put_over_the_raw_contract(server: Any) -> None:
+    """BatchPut answers per item, refuses oversized batches, and keeps the server serving."""
+    import grpc
+
+    from improv_store.v1 import store_pb2 as pb
+    from improv_store.v1 import store_pb2_grpc
+
+    with grpc.insecure_channel(server.unix_address) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        good = pb.PutRequest(spec=pb.ObjectSpec(name="g"), data=b"x")
+        bad = pb.PutRequest(spec=pb.ObjectSpec(id=b"short"), data=b"x")
+        results = stub.BatchPut(pb.BatchPutRequest(items=[good, bad, good])).results
+        assert [r.code for r in results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
+        assert results[0].meta.id != results[2].meta.id
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.BatchPut(pb.BatchPutRequest(items=[good] * 1025))
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with server.client() as store:
+        assert len(list(store.list("g"))) == 2

@@ -33,6 +33,7 @@ class LaneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LANE_METHOD_RELEASE: _ClassVar[LaneMethod]
     LANE_METHOD_INFO: _ClassVar[LaneMethod]
     LANE_METHOD_LIST: _ClassVar[LaneMethod]
+    LANE_METHOD_BATCH_PUT: _ClassVar[LaneMethod]
 
 class Transfer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -77,6 +78,7 @@ LANE_METHOD_ABORT: LaneMethod
 LANE_METHOD_RELEASE: LaneMethod
 LANE_METHOD_INFO: LaneMethod
 LANE_METHOD_LIST: LaneMethod
+LANE_METHOD_BATCH_PUT: LaneMethod
 TRANSFER_UNSPECIFIED: Transfer
 TRANSFER_INLINE: Transfer
 TRANSFER_SHM: Transfer
@@ -292,6 +294,28 @@ class BatchGetResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[BatchGetResult]
     def __init__(self, results: _Optional[_Iterable[_Union[BatchGetResult, _Mapping]]] = ...) -> None: ...
+
+class BatchPutRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[PutRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[PutRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchPutResult(_message.Message):
+    __slots__ = ("code", "message", "meta")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    meta: ObjectMeta
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ...) -> None: ...
+
+class BatchPutResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchPutResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchPutResult, _Mapping]]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("ref",)

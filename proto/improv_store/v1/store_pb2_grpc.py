@@ -60,6 +60,11 @@ class StoreServiceStub:
                 request_serializer=improv__store_dot_v1_dot_store__pb2.BatchGetRequest.SerializeToString,
                 response_deserializer=improv__store_dot_v1_dot_store__pb2.BatchGetResponse.FromString,
                 _registered_method=True)
+        self.BatchPut = channel.unary_unary(
+                '/improv_store.v1.StoreService/BatchPut',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.BatchPutRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.BatchPutResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/improv_store.v1.StoreService/Delete',
                 request_serializer=improv__store_dot_v1_dot_store__pb2.DeleteRequest.SerializeToString,
@@ -149,6 +154,14 @@ class StoreServiceServicer:
     def BatchGet(self, request, context):
         """BatchGet returns several objects in one round trip, each with its own
         status, so one missing object does not fail the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchPut(self, request, context):
+        """BatchPut stores several objects in one round trip, each independently
+        with its own status, in order: one refused object does not stop the rest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +272,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.BatchGet,
                     request_deserializer=improv__store_dot_v1_dot_store__pb2.BatchGetRequest.FromString,
                     response_serializer=improv__store_dot_v1_dot_store__pb2.BatchGetResponse.SerializeToString,
+            ),
+            'BatchPut': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchPut,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.BatchPutRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.BatchPutResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -447,6 +465,33 @@ class StoreService:
             '/improv_store.v1.StoreService/BatchGet',
             improv__store_dot_v1_dot_store__pb2.BatchGetRequest.SerializeToString,
             improv__store_dot_v1_dot_store__pb2.BatchGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchPut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/BatchPut',
+            improv__store_dot_v1_dot_store__pb2.BatchPutRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.BatchPutResponse.FromString,
             options,
             channel_credentials,
             insecure,
