@@ -58,7 +58,18 @@ class Lane:
 
     @property
     def alive(self) -> bool:
-        return not self._closed.is_set()
+        """False once closed, or once the server has hung up (it sends nothing unasked)."""
+        if self._closed.is_set():
+            return False
+        try:
+            hung_up = self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            hung_up = True
+        if hung_up:
+            self.close()
+        return not hung_up
 
     def call(self, method: int, request: Message, response_type: type[Response]) -> Response:
         """Send one request and wait for its answer; a failure status raises its StoreError."""

@@ -182,7 +182,8 @@ def test_lane_off_on_either_side(start_server: Any) -> None:
 
 
 def test_server_restart_reconnects_the_lane(start_server: Any) -> None:
-    """After the server restarts, the same client's next call opens a new lane."""
+    """After the server restarts, the same client's next call opens a new lane: a get,
+    which retries with a new session, and a put, which sees the old lane is gone."""
     server = start_server(durability="sync")
     with server.client() as store:
         object_id = store.put(np.arange(100_000))
@@ -191,6 +192,11 @@ def test_server_restart_reconnects_the_lane(start_server: Any) -> None:
                                  socket_path=server.socket_path)
         assert restarted.process.poll() is None
         assert (store.get(object_id) == np.arange(100_000)).all()
+        assert restarted.stop() == 0  # and again: now a put (no retry) comes first
+        again = start_server(durability="sync", data_dir=server.data_dir,
+                             socket_path=server.socket_path)
+        assert again.process.poll() is None
+        store.put(b"a put is the first call after this restart")
 
 
 def test_lane_calls_are_counted_in_metrics(start_server: Any) -> None:
