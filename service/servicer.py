@@ -154,12 +154,13 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             data = item.data
             try:
                 self._check_inline(data)
-                result.meta.CopyFrom(self._store.put(item.spec, data).meta)
+                result.meta.CopyFrom(self._store.put(item.spec, data, wait=False).meta)
             except StoreError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     raise
                 result.code = exc.code.value[0]
                 result.message = exc.message
+        self._store.await_durable()  # one wait (and in sync mode few commits) for the batch
         return response
 
     @_statuses

@@ -175,16 +175,30 @@ class Store:
             self._resident.free(region)
 
     def put(
-        self, spec: pb.ObjectSpec, payload: bytes | memoryview, *, replace: bool = False
+        self,
+        spec: pb.ObjectSpec,
+        payload: bytes | memoryview,
+        *,
+        replace: bool = False,
+        wait: bool = True,
     ) -> Stored:
-        """Store one object from bytes; with ``replace``, drop the older ones of its name."""
+        """Store one object from bytes; with ``replace``, drop the older ones of its name.
+
+        ``wait=False`` returns before a ``sync`` commit; call ``await_durable``
+        after a series of such puts to wait once for all of them.
+        """
         region = self.reserve(spec, len(payload), replace=replace)
         try:
             region.view()[:] = payload
-            return self.insert(spec, region, crc32c.crc32c(payload), replace=replace)
+            return self.insert(spec, region, crc32c.crc32c(payload), replace=replace, wait=wait)
         except BaseException:
             self.discard(region)
             raise
+
+    def await_durable(self) -> None:
+        """In ``sync`` mode, wait until everything stored so far is committed."""
+        if self._committer is not None and self.config.durability == "sync":
+            self._committer.commit_now().wait()
 
     def insert(
         self,
@@ -194,11 +208,12 @@ class Store:
         *,
         replace: bool = False,
         lease_to: str | None = None,
+        wait: bool = True,
     ) -> Stored:
         """Make a filled region an object. On error the caller still owns the region.
 
         ``lease_to`` names a session that gets a lease on the new object in the
-        same step, before anyone could delete it.
+        same step, before anyone could delete it. ``wait`` as for ``put``.
         """
         if spec.HasField("crc32c") and spec.crc32c != checksum:
             raise StoreError(
@@ -244,7 +259,8 @@ class Store:
             stored = (meta, region.view())
             ticket = self._record(Change(event=event, stored=stored, removed=replaced))
             self._changed.notify_all()
-        self._await_durable(ticket)
+        if wait:
+            self._await_durable(ticket)
         return Stored(meta=meta, replaced_ids=replaced, handle=handle)
 
     def delete(self, ref: pb.ObjectRef) -> list[bytes]:

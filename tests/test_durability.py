@@ -190,3 +190,15 @@ def test_deletes_and_replaces_are_durable(start_server: Any) -> None:
     with restarted.client() as store:
         assert [info.id for info in store.list()] == [newest]
         assert store.get("params") == 2
+
+
+def test_sync_put_many_is_durable_when_it_returns(start_server: Any) -> None:
+    """sync: a batch acknowledged by put_many is all on disk, though it waited only once."""
+    server = start_server(durability="sync")
+    payloads = [os.urandom(1024) for _ in range(300)]
+    with server.client(transfer="inline") as store:
+        ids = store.put_many(payloads)
+    server.kill()
+    restarted = start_server(durability="sync", data_dir=server.data_dir)
+    with restarted.client(transfer="inline") as store:
+        assert store.get_many(ids) == payloads
