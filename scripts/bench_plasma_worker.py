@@ -49,6 +49,20 @@ FANOUT_TIMEOUT = 120.0
 # -- timing ----------------------------------------------------------------------------------
 
 
+
+def collect_reports(procs: list, out: Any, timeout: float) -> list:
+    """One report per started process from ``out``; then join them, killing stragglers."""
+    try:
+        reports = [out.get(timeout=timeout) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    return reports
+
 def percentile(sorted_ns: list[int], fraction: float) -> float:
     """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
     index = min(len(sorted_ns) - 1, max(0, round(fraction * len(sorted_ns)) - 1))
@@ -283,16 +297,8 @@ def handoff(kind: str, address: str, size: int, frames: int, warmup: int) -> lis
     ]
     for proc in procs:
         proc.start()
-    try:
-        reports = dict((role, (samples, error)) for role, samples, error in
-                       (out.get(timeout=HANDOFF_TIMEOUT) for _ in procs))
-        for proc in procs:
-            proc.join(30)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+    reports = dict((role, (samples, error)) for role, samples, error in
+                   collect_reports(procs, out, HANDOFF_TIMEOUT))
     errors = [error for _, error in reports.values() if error]
     if errors:
         raise RuntimeError(f"{kind} handoff failed: {'; '.join(errors)}")
@@ -513,15 +519,7 @@ def fanout(kind: str, address: str, subscribers: int, events: int, warmup: int,
                                    out)))
     for proc in procs:
         proc.start()
-    try:
-        reports = [out.get(timeout=FANOUT_TIMEOUT + 60) for _ in procs]
-        for proc in procs:
-            proc.join(30)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+    reports = collect_reports(procs, out, FANOUT_TIMEOUT + 60)
     errors = [error for role, _, _, _, error in reports if error and role == "publisher"]
     if errors:
         raise RuntimeError(f"{kind} publisher failed: {errors[0]}")
