@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 import time
 
 from .config import add_serve_arguments, config_from_args
@@ -23,7 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM/SIGINT; return the process exit code."""
+    """Run the server until SIGTERM/SIGINT, then end the process with its exit code.
+
+    Once the store is closed everything is on disk, so the process exits
+    without waiting for worker threads of calls that outlived the shutdown
+    grace period (interpreter exit would join them, possibly forever).
+    """
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter()
@@ -36,7 +43,11 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         logging.getLogger(__name__).error("bad configuration: %s", exc)
         return 2
-    return run(config)
+    code = run(config)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class JsonFormatter(logging.Formatter):

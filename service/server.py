@@ -26,6 +26,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+_STOP_SLACK = 5.0  # seconds to wait for gRPC's own shutdown after the grace period
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 
@@ -114,7 +115,9 @@ class StoreServer:
         if self.lane is not None:
             self.lane.stop()
         self.store.begin_shutdown()
-        self._grpc.stop(self.config.shutdown_grace).wait()
+        grace = self.config.shutdown_grace
+        if not self._grpc.stop(grace).wait(grace + _STOP_SLACK):
+            log.warning("gRPC did not finish stopping %.0f s after the grace period", _STOP_SLACK)
         self.store.close()
         if self.config.socket:
             with contextlib.suppress(FileNotFoundError):
