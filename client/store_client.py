@@ -21,6 +21,7 @@ from improv_store.v1 import store_pb2_grpc
 from . import codec
 from .errors import ObjectNotFound, StoreError, error_for, from_rpc_error, resume_sequence
 from .ids import ObjectID
+from .index import IndexReader
 from .lane import Lane
 from .models import Event, ObjectInfo, StoreInfo
 from .session import Session
@@ -222,13 +223,42 @@ class StoreClient:
         with self._local_lock:
             if local.session is None or not local.session.alive:
                 if local.lane_path:
-                    local.session = Lane(local.lane_path)
+                    lane = local.session = Lane(local.lane_path)
+                    info = lane.call(pb.LANE_METHOD_INFO, pb.InfoRequest(), pb.InfoResponse)
+                    local.index = self._index_reader(local, info)
                 else:
                     try:
                         local.session = Session(self._stub)
                     except grpc.RpcError as exc:
                         raise from_rpc_error(exc) from None
             return local.session
+
+    def _index_reader(self, local: _Local, info: pb.InfoResponse) -> IndexReader | None:
+        """The server's object index, when this client reads small objects inline."""
+        layout = info.object_index
+        if not info.HasField("object_index") or layout.max_payload > local.min_size:
+            return None  # a transfer="shm" client gets handles even for small objects
+        try:
+            return IndexReader(layout, local.maps)
+        except (OSError, ValueError) as exc:
+            log.debug("not using the object index %s: %s", layout.name, exc)
+            return None
+
+    def _indexed(self, ref: Ref) -> Any:
+        """The object read from the server's object index, or _NOT_INDEXED: ask the server.
+
+        Only while this client's lane is up: a lane that hung up means the
+        server stopped, and its index may be stale.
+        """
+        local = self._shared_memory()
+        if local is None or local.index is None or isinstance(ref, str):
+            return _NOT_INDEXED
+        session = local.session
+        if session is None or not session.alive:
+            return _NOT_INDEXED
+        object_id = ref.binary() if isinstance(ref, ObjectID) else bytes(ref)
+        found = local.index.read(object_id)
+        return _NOT_INDEXED if found is None else codec.decode(*found)
 
     def _call_with_session(
         self,
@@ -413,6 +443,9 @@ class StoreClient:
         (WaitTimeout after); without, a missing object is ObjectNotFound.
         Colocated, arrays are read-only views on the store's shared memory.
         """
+        value = self._indexed(ref)
+        if value is not _NOT_INDEXED:
+            return value
 
         def request(local: _Local | None, session_id: str) -> pb.GetRequest:
             return pb.GetRequest(
@@ -447,6 +480,15 @@ class StoreClient:
 
     def get_many(self, refs: Iterable[Ref], *, timeout: float | None = None) -> list[Any]:
         """Several objects in one round trip, in the order asked; raises for the first missing."""
+        refs = list(refs)
+        values = []
+        for ref in refs:
+            value = self._indexed(ref)
+            if value is _NOT_INDEXED:
+                break
+            values.append(value)
+        else:
+            return values
         object_refs = [to_ref(ref) for ref in refs]
 
         def request(local: _Local | None, session_id: str) -> pb.BatchGetRequest:
@@ -529,6 +571,10 @@ class _Local:
     min_size: int
     lane_path: str = ""
     session: Session | Lane | None = None
+    index: IndexReader | None = None
+
+
+_NOT_INDEXED = object()
 
 
 def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[bytes]:

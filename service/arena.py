@@ -51,6 +51,7 @@ class Segment:
     """One /dev/shm file, mapped once, with a first-fit free list."""
 
     name: str
+    number: int
     size: int
     mapping: mmap.mmap
     view: memoryview
@@ -58,7 +59,7 @@ class Segment:
     used: int = 0
 
     @classmethod
-    def create(cls, name: str, size: int) -> Segment:
+    def create(cls, name: str, number: int, size: int) -> Segment:
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -71,7 +72,12 @@ class Segment:
         finally:
             os.close(fd)
         return cls(
-            name=name, size=size, mapping=mapping, view=memoryview(mapping), free_blocks=[[0, size]]
+            name=name,
+            number=number,
+            size=size,
+            mapping=mapping,
+            view=memoryview(mapping),
+            free_blocks=[[0, size]],
         )
 
     def allocate(self, size: int) -> int | None:
@@ -162,10 +168,11 @@ class Arena:
             self._drop_empty_segments()
         if self.reserved + segment_size > self.capacity:
             raise ArenaFull(size)
-        name = f"{self.prefix}{self._next_segment}"
+        number = self._next_segment
+        name = f"{self.prefix}{number}"
         self._next_segment += 1
         try:
-            segment = Segment.create(name, segment_size)
+            segment = Segment.create(name, number, segment_size)
         except OSError as exc:
             raise ArenaFull(
                 f"cannot create a {segment_size}-byte segment in {SHM_DIR}: {exc}"

@@ -36,6 +36,7 @@ class ServerConfig:
     lane: bool = True
     log_format: str = "text"
     shm_min_size: int = 64 << 10
+    index_slots: int = 1 << 16
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
 
@@ -52,6 +53,9 @@ class ServerConfig:
             raise ValueError("commit_interval must be positive")
         if self.event_retention < 1 or self.subscriber_buffer < 1:
             raise ValueError("event_retention and subscriber_buffer must be at least 1")
+        slots = self.index_slots
+        if slots and (slots < 16 or slots & (slots - 1)):
+            raise ValueError("index_slots must be 0 (off) or a power of two of at least 16")
 
 
 def parse_size(text: str) -> int:
@@ -156,6 +160,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         " colocated clients use for fast calls (IMPROV_STORE_LANE)",
     )
     add(
+        "--index-slots",
+        type=int,
+        default=_env("index_slots", d.index_slots),
+        help="slots of the shared-memory object index that colocated clients read small"
+        " objects from without a call (a power of two; 0: off) (IMPROV_STORE_INDEX_SLOTS)",
+    )
+    add(
         "--metrics-listen",
         default=_env("metrics_listen", d.metrics_listen),
         help="host:port to serve Prometheus /metrics on; empty: off"
@@ -197,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         memory=args.memory,
         metrics_listen=args.metrics_listen,
         lane=args.lane == "on",
+        index_slots=int(args.index_slots),
         log_format=args.log_format,
         log_level=args.log_level,
     )

@@ -4,7 +4,9 @@ Objects whose payload is resident sit in least-recently-used order. To make
 room, the oldest objects that are unpinned and already committed to LMDB are
 evicted (a later read loads them back); pinned, uncommitted and memory-only
 objects never are. When nothing can be evicted the put fails at once with
-RESOURCE_EXHAUSTED: it never waits for memory.
+RESOURCE_EXHAUSTED: it never waits for memory. The object index, when there
+is one, lists exactly the resident objects that are not deleted: an object
+is withdrawn from it before its memory can be freed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import OrderedDict
 
 from .arena import Arena, ArenaFull, Region
 from .errors import exhausted
+from .index import ObjectIndex
 from .objects import StoredObject
 
 log = logging.getLogger(__name__)
@@ -22,8 +25,11 @@ log = logging.getLogger(__name__)
 class ResidentSet:
     """The arena plus LRU bookkeeping. Not thread-safe: the store's lock covers it."""
 
-    def __init__(self, arena: Arena, *, evictable: bool) -> None:
+    def __init__(
+        self, arena: Arena, *, evictable: bool, index: ObjectIndex | None = None
+    ) -> None:
         self.arena = arena
+        self.index = index
         self._evictable = evictable
         self._lru: OrderedDict[bytes, StoredObject] = OrderedDict()
         self.evictions = 0
@@ -51,6 +57,8 @@ class ResidentSet:
         for object_id, obj in self._lru.items():
             if obj.pins == 0 and not obj.committing:
                 del self._lru[object_id]
+                if self.index is not None:
+                    self.index.withdraw(object_id)
                 self.arena.free(obj.region)
                 obj.region = None
                 self.evictions += 1
@@ -65,6 +73,8 @@ class ResidentSet:
         """Make ``region`` the object's resident payload, most recently used."""
         obj.region = region
         self._lru[obj.object_id] = obj
+        if self.index is not None:
+            self.index.publish(obj.meta, region)
 
     def touch(self, obj: StoredObject) -> None:
         """Note a use, so the object is evicted later rather than sooner."""
@@ -85,6 +95,8 @@ class ResidentSet:
     def forget(self, obj: StoredObject) -> None:
         """The object was deleted: stop tracking it and free its memory once unused."""
         self._lru.pop(obj.object_id, None)
+        if self.index is not None:
+            self.index.withdraw(obj.object_id)
         self.release_if_unused(obj)
 
     def release_if_unused(self, obj: StoredObject) -> None:

@@ -39,6 +39,8 @@ from .config import ServerConfig
 from .durability import Change, LmdbBackend
 from .errors import StoreError, exhausted, invalid, not_found, unavailable
 from .eventlog import EventLog
+from .index import ObjectIndex
+from .index import supported as index_supported
 from .locality import ShmNamespace, arena_capacity
 from .memory import ResidentSet
 from .objects import ObjectTable, StoredObject
@@ -97,9 +99,14 @@ class Store:
             self.shm.close()
             raise
         instance = os.urandom(3).hex()
+        segment_prefix = f"{self.shm.prefix}{instance}-"
+        index = None
+        if config.index_slots and index_supported():
+            index = ObjectIndex(
+                f"{segment_prefix}index", config.index_slots, config.shm_min_size, segment_prefix
+            )
         self._resident = ResidentSet(
-            Arena(f"{self.shm.prefix}{instance}-", capacity),
-            evictable=self._backend is not None,
+            Arena(segment_prefix, capacity), evictable=self._backend is not None, index=index
         )
         self._events = EventLog(self._backend, config.event_retention, trimmed_through)
         self._events.committed(self._last_sequence)
@@ -539,6 +546,7 @@ class Store:
                 locality_token_name=self.shm.token_name,
                 locality_token=self.shm.token,
                 stats=pb.ServerStats(subscriber_lag=self._hub.max_lag(self._last_sequence)),
+                object_index=None if (index := self._resident.index) is None else index.layout(),
             )
 
     def subscriber_lag(self) -> int:
@@ -592,6 +600,8 @@ class Store:
             self._committer.close()
         if self._backend is not None:
             self._backend.close(last_sequence=self._last_sequence)
+        if self._resident.index is not None:
+            self._resident.index.close()
         self._resident.arena.close()
         self.shm.close()
         log.info("store closed at sequence %d", self._last_sequence)

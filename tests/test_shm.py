@@ -642,7 +642,8 @@ def test_restart_after_crash_removes_stale_segments(start_server: Any) -> None:
     assert token_and_lock <= now
     segments = now - token_and_lock
     assert segments
-    instances = {re.fullmatch(re.escape(prefix) + r"([0-9a-f]+)-\d+", name) for name in segments}
+    file_pattern = re.escape(prefix) + r"([0-9a-f]+)-(\d+|index)"
+    instances = {re.fullmatch(file_pattern, name) for name in segments}
     assert None not in instances, segments
     new_instance = {match.group(1) for match in instances if match}
     old_instance = {name[len(prefix) :].split("-")[0] for name in stale}

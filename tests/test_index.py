@@ -1,0 +1,186 @@
+"""The shared-memory object index: colocated gets of small objects without a call.
+
+The index must make gets faster and never different: every test compares what
+the index path returns with what the server says, across deletes, memory
+reuse, eviction, restarts, and a writer rewriting slots under a reader in
+another process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from improv_store.client import ObjectID, ObjectNotFound, StoreClient
+from improv_store.client.index import IndexReader
+from improv_store.client.shm import SegmentMaps
+from improv_store.service.arena import Arena
+from improv_store.service.index import ObjectIndex, supported
+from improv_store.v1 import store_pb2 as pb
+
+pytestmark = pytest.mark.skipif(not supported(), reason="the index needs x86-64's memory model")
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def payload_for(object_id: bytes, size: int) -> bytes:
+    """Content that names its object: a reader can tell a torn or foreign payload."""
+    pattern = hashlib.sha256(object_id).digest()
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+def requests_served(store: StoreClient) -> int:
+    """Calls the server has answered (the Info call that asks is counted after it)."""
+    return store.info().requests
+
+
+def test_small_gets_are_served_without_a_call(server: Any) -> None:
+    """After the first call opens the lane, gets and get_many of small objects of every
+    encoding come from the index: the server answers no request for them."""
+    with server.client() as store:
+        values = [b"raw bytes", np.arange(12, dtype="<i4").reshape(3, 4), {"a": [1, 2]}]
+        ids = [store.put(value) for value in values]
+        assert store._local is not None and store._local.index is not None
+        before = requests_served(store)
+        for _ in range(20):
+            assert store.get(ids[0]) == values[0]
+            assert (store.get(ids[1]) == values[1]).all()
+            assert store.get(ids[2]) == values[2]
+            assert store.get_many(ids)[2] == values[2]
+        assert requests_served(store) == before + 1  # only the Info call itself
+        large = store.put(np.zeros(1 << 20, dtype=np.uint8))  # shared memory, with a lease
+        assert store.get(large).nbytes == 1 << 20
+        assert requests_served(store) > before + 1
+
+
+def reader_process(address: str, ids: list[bytes], done: Any, results: Any) -> None:
+    """Get the IDs over and over until told to stop; report wrong payloads and counts."""
+    wrong = found = missing = 0
+    with StoreClient(address) as store:
+        store.get(store.put(b"open the lane"))
+        while not done.is_set():
+            object_id = random.choice(ids)
+            try:
+                value = store.get(ObjectID(object_id))
+            except ObjectNotFound:
+                missing += 1
+                continue
+            found += 1
+            if value != payload_for(object_id, len(value)):
+                wrong += 1
+    results.put((wrong, found, missing))
+
+
+def test_a_reader_never_sees_a_payload_that_is_being_replaced(server: Any) -> None:
+    """One process deletes and re-puts objects so their memory and slots are reused while
+    another reads them through the index: each read is the object's own payload or
+    ObjectNotFound, never another object's bytes or a torn copy."""
+    rng = random.Random(7)
+    ids = [rng.randbytes(20) for _ in range(64)]
+    sizes = {object_id: rng.randrange(1, 4096) for object_id in ids}
+    done, results = SPAWN.Event(), SPAWN.Queue()
+    reader = SPAWN.Process(target=reader_process, args=(server.unix_address, ids, done, results))
+    with server.client() as store:
+        for object_id in ids:
+            store.put(payload_for(object_id, sizes[object_id]), id=object_id)
+        reader.start()
+        deadline = time.monotonic() + 4.0
+        rewrites = 0
+        while time.monotonic() < deadline:
+            object_id = rng.choice(ids)
+            store.delete(ObjectID(object_id))
+            sizes[object_id] = rng.randrange(1, 4096)  # a new size moves it in the arena
+            store.put(payload_for(object_id, sizes[object_id]), id=object_id)
+            rewrites += 1
+        done.set()
+        wrong, found, missing = results.get(timeout=30)
+        reader.join(30)
+    assert wrong == 0, f"{wrong} of {found} reads returned a payload not the object's"
+    assert found > 100 and rewrites > 100, (found, missing, rewrites)
+
+
+def test_deleted_and_evicted_objects_are_not_read_from_the_index(start_server: Any) -> None:
+    """A delete in one client is seen by the next get of another; objects evicted for
+    room, then their memory reused, come back from disk with their own bytes."""
+    server = start_server("--memory", "4M", durability="sync")
+    with server.client() as writer, server.client() as reader:
+        small = writer.put(b"delete me")
+        assert reader.get(small) == b"delete me"
+        writer.delete(small)
+        with pytest.raises(ObjectNotFound):
+            reader.get(small)
+        ids = [writer.put(payload_for(bytes([n]) * 20, 60_000)) for n in range(200)]
+        assert writer.info().evictions > 0  # 12 MB through a 4 MiB arena
+        for n, object_id in enumerate(ids):
+            assert reader.get(object_id) == payload_for(bytes([n]) * 20, 60_000)
+
+
+def test_a_restarted_server_is_asked_not_its_predecessors_index(start_server: Any) -> None:
+    """After a SIGKILL and a restart without durability, the client's old mapping of the
+    index still lists the object; the client must ask the new server (which has nothing)."""
+    server = start_server(durability="none")
+    with server.client() as store:
+        object_id = store.put(b"gone with the server")
+        assert store.get(object_id) == b"gone with the server"
+        server.kill()
+        start_server(durability="none", data_dir=server.data_dir, socket_path=server.socket_path)
+        with pytest.raises(ObjectNotFound):
+            store.get(object_id)
+        assert store.get(store.put(b"new")) == b"new"
+
+
+def test_index_off_or_full_only_costs_calls(start_server: Any) -> None:
+    """With --index-slots 0 there is no index; with 16 slots most objects do not fit.
+    Gets are right either way."""
+    off = start_server("--index-slots", "0")
+    with off.client() as store:
+        object_id = store.put(b"no index")
+        assert store.get(object_id) == b"no index"
+        assert store._local.index is None
+        assert not store._grpc_call("Info", pb.InfoRequest()).HasField("object_index")
+    tiny = start_server("--index-slots", "16")
+    with tiny.client() as store:
+        ids = [store.put(str(n).encode()) for n in range(100)]
+        assert [store.get(object_id) for object_id in ids] == [str(n).encode() for n in range(100)]
+
+
+def test_probing_and_backward_shift_against_a_model(tmp_path: Any) -> None:
+    """The server's table and the client's reader agree with a dict through random
+    publishes and withdrawals in a 64-slot table where IDs collide constantly."""
+    prefix = f"improvstore-test-{os.getpid()}-"
+    arena = Arena(prefix, 4 << 20)
+    index = ObjectIndex(prefix + "index", 64, 1 << 16, prefix)
+    try:
+        reader = IndexReader(index.layout(), SegmentMaps())
+        rng = random.Random(3)
+        model: dict[bytes, bytes] = {}
+        regions = {}
+        for _ in range(3000):
+            if model and (len(model) > 40 or rng.random() < 0.45):
+                object_id = rng.choice(sorted(model))
+                index.withdraw(object_id)
+                arena.free(regions.pop(object_id))
+                del model[object_id]
+            else:
+                object_id, data = rng.randbytes(20), rng.randbytes(rng.randrange(1, 300))
+                region = arena.allocate(len(data))
+                region.view()[:] = data
+                index.publish(pb.ObjectMeta(id=object_id, size=len(data)), region)
+                regions[object_id] = region
+                model[object_id] = data
+            for object_id, data in model.items():
+                found = reader.read(object_id)
+                assert found is None or found[1] == data  # None: it did not fit in 16 probes
+            assert reader.read(rng.randbytes(20)) is None
+        listed = sum(reader.read(object_id) is not None for object_id in model)
+        assert listed == len(index) and listed >= len(model) // 2
+    finally:
+        index.close()
+        arena.close()
