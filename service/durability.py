@@ -54,6 +54,21 @@ class Change:
         return len(self.stored[1]) if self.stored else 0
 
 
+def _outlived(changes: Sequence[Change]) -> set[int]:
+    """Positions of changes storing an object that a later change in ``changes`` removes."""
+    last_removal: dict[bytes, int] = {}
+    for position, change in enumerate(changes):
+        for object_id in change.removed:
+            last_removal[object_id] = position
+    if not last_removal:
+        return set()
+    return {
+        position
+        for position, change in enumerate(changes)
+        if change.stored is not None and last_removal.get(change.stored[0].id, -1) > position
+    }
+
+
 @dataclass
 class Recovered:
     """What a restart finds on disk."""
@@ -145,13 +160,23 @@ class LmdbBackend:
     # -- writing ------------------------------------------------------------------
 
     def write(self, changes: Sequence[Change]) -> None:
-        """Apply changes in one transaction and fsync it; grow the map when it is full."""
-        needed = sum(change.payload_bytes for change in changes)
+        """Apply changes in one transaction and fsync it; grow the map when it is full.
+
+        An object that a later change of the same batch removes (a frame put,
+        read and deleted between two commits) is not written at all: the
+        transaction ends in the same state without its payload crossing the disk.
+        """
+        outlived = _outlived(changes)
+        needed = sum(
+            change.payload_bytes
+            for position, change in enumerate(changes)
+            if position not in outlived
+        )
         self._grow_if_short(needed)
         while True:
             try:
                 with self._resize.shared():
-                    self._write_once(changes)
+                    self._write_once(changes, outlived)
                 return
             except lmdb.MapFullError:
                 self._grow(self._env.info()["map_size"] + needed)
@@ -160,10 +185,10 @@ class LmdbBackend:
                     raise exhausted(f"disk full under {self.path}: {exc}") from exc
                 raise
 
-    def _write_once(self, changes: Sequence[Change]) -> None:
+    def _write_once(self, changes: Sequence[Change], outlived: set[int]) -> None:
         with self._env.begin(write=True) as txn:
-            for change in changes:
-                if change.stored is not None:
+            for position, change in enumerate(changes):
+                if change.stored is not None and position not in outlived:
                     meta, payload = change.stored
                     txn.put(meta.id, payload, db=self._payloads)
                     txn.put(meta.id, meta.SerializeToString(), db=self._objects)

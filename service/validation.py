@@ -57,7 +57,8 @@ def check_spec(spec: pb.ObjectSpec, size: int, max_object_size: int, max_name_le
     if spec.id:
         check_id(spec.id)
     check_name(spec.name, max_name_length)
-    _check_labels(spec)
+    if spec.labels:
+        _check_labels(spec)
     if spec.encoding != pb.ENCODING_UNSPECIFIED and spec.encoding not in _KNOWN_ENCODINGS:
         raise invalid(f"unknown encoding {spec.encoding}")
     if spec.encoding == pb.ENCODING_NDARRAY:

@@ -202,3 +202,27 @@ def test_sync_put_many_is_durable_when_it_returns(start_server: Any) -> None:
     restarted = start_server(durability="sync", data_dir=server.data_dir)
     with restarted.client(transfer="inline") as store:
         assert store.get_many(ids) == payloads
+
+
+def test_objects_deleted_before_their_commit_never_reach_the_disk(start_server: Any) -> None:
+    """async: frames put and deleted within one commit interval are not written to LMDB,
+    yet the history still holds their put and delete events, and the rest is kept."""
+    server = start_server("--commit-interval", "30", durability="async")
+    with server.client() as store:
+        transient = [store.put(np.full(1 << 17, i)) for i in range(16)]  # 1 MiB each
+        for object_id in transient:
+            store.delete(object_id)
+        kept = store.put(b"kept")
+    assert server.stop() == 0
+    env = lmdb.open(server.data_dir, max_dbs=4, readonly=True, lock=False)
+    with env.begin(db=env.open_db(b"payloads", create=False)) as txn:
+        assert [key for key, _ in txn.cursor()] == [kept.binary()]
+    pages_ever_used = env.info()["last_pgno"] + 1
+    assert pages_ever_used * env.stat()["psize"] < 2 << 20  # not the 16 MiB of frames
+    env.close()
+    restarted = start_server(durability="async", data_dir=server.data_dir)
+    with restarted.client() as store:
+        assert store.get(kept) == b"kept" and store.info().object_count == 1
+        with store.subscribe(since=1) as history:
+            types = [event.type for _, event in zip(range(33), history, strict=False)]
+        assert types == ["put"] * 16 + ["delete"] * 16 + ["put"]
