@@ -2,7 +2,12 @@
 
 Segments are created on demand (fallocated, so a full /dev/shm is a clean
 error rather than a SIGBUS later), up to the arena's capacity, and are kept
-once made: freed regions are reused while their pages are warm. Every name
+once made: freed regions are reused while their pages are warm. Allocating
+a 64 MiB segment's pages takes tens of milliseconds, so when the newest
+segment is a quarter full the next one is prepared by a background thread,
+and the put that needs it finds it ready. (Mappings are not pre-faulted:
+MAP_POPULATE holds the GIL for as long, and every process maps the segment
+anyway; a page's first touch in a mapping is a cheap minor fault.) Every name
 carries the store's prefix so a restarted server can remove what a crashed
 predecessor left behind, and every file is owner-only.
 """
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import mmap
 import os
+import threading
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -68,7 +74,7 @@ class Segment:
             except OSError:
                 os.unlink(path)
                 raise
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _populate_flag())
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         finally:
             os.close(fd)
         return cls(
@@ -118,11 +124,6 @@ class Segment:
             log.debug("segment %s still has views; it is unmapped when they go", self.name)
 
 
-def _populate_flag() -> int:
-    """MAP_POPULATE where the platform has it: fault the pages in once, up front."""
-    return getattr(mmap, "MAP_POPULATE", 0)
-
-
 class Arena:
     """Allocates object regions within ``capacity`` bytes of shared memory. Not thread-safe."""
 
@@ -132,11 +133,16 @@ class Arena:
         self._segment_size = min(segment_size, capacity)
         self._segments: list[Segment] = []
         self._next_segment = 0
+        self._spare: Segment | None = None
+        self._preparing: threading.Thread | None = None
+        self._spare_lock = threading.Lock()
+        self._closed = False
 
     @property
     def reserved(self) -> int:
-        """Bytes of /dev/shm the arena holds (its segments)."""
-        return sum(segment.size for segment in self._segments)
+        """Bytes of /dev/shm the arena holds (its segments, the spare and one in the making)."""
+        ahead = self._segment_size if self._spare or self._preparing else 0
+        return sum(segment.size for segment in self._segments) + ahead
 
     @property
     def used(self) -> int:
@@ -145,7 +151,8 @@ class Arena:
 
     @property
     def segment_count(self) -> int:
-        return len(self._segments)
+        """Segment files in /dev/shm, the spare included."""
+        return len(self._segments) + (self._spare is not None)
 
     def allocate(self, length: int) -> Region:
         """A region of ``length`` bytes; ArenaFull when there is no room without evicting."""
@@ -153,6 +160,8 @@ class Arena:
         for segment in self._segments:
             offset = segment.allocate(size)
             if offset is not None:
+                if segment is self._segments[-1] and segment.used * 4 > segment.size:
+                    self._prepare_spare()
                 return Region(segment, offset, length, size)
         segment = self._new_segment(size)
         offset = segment.allocate(size)
@@ -164,22 +173,61 @@ class Arena:
 
     def _new_segment(self, size: int) -> Segment:
         segment_size = max(self._segment_size, _round_up(size, _LARGE_ROUNDING))
+        spare = self._take_spare()
+        if spare is not None and spare.size >= segment_size:
+            self._segments.append(spare)
+            return spare
+        if spare is not None:
+            spare.close()  # too small for this object; its room is needed
         if self.reserved + segment_size > self.capacity:
             self._drop_empty_segments()
         if self.reserved + segment_size > self.capacity:
             raise ArenaFull(size)
-        number = self._next_segment
-        name = f"{self.prefix}{number}"
-        self._next_segment += 1
         try:
-            segment = Segment.create(name, number, segment_size)
+            segment = Segment.create(*self._next_name(), segment_size)
         except OSError as exc:
             raise ArenaFull(
                 f"cannot create a {segment_size}-byte segment in {SHM_DIR}: {exc}"
             ) from None
         self._segments.append(segment)
-        log.debug("created segment %s of %d bytes", name, segment_size)
+        log.debug("created segment %s of %d bytes", segment.name, segment_size)
         return segment
+
+    def _next_name(self) -> tuple[str, int]:
+        number = self._next_segment
+        self._next_segment += 1
+        return f"{self.prefix}{number}", number
+
+    def _prepare_spare(self) -> None:
+        """Start making the next segment in the background, if there is room for it."""
+        if self._spare or self._preparing or self.reserved + self._segment_size > self.capacity:
+            return
+        name, number = self._next_name()
+        self._preparing = threading.Thread(
+            target=self._make_spare, args=(name, number), name="arena-spare", daemon=True
+        )
+        self._preparing.start()
+
+    def _make_spare(self, name: str, number: int) -> None:
+        try:
+            segment = Segment.create(name, number, self._segment_size)
+        except OSError as exc:
+            log.warning("could not prepare segment %s ahead of need: %s", name, exc)
+            segment = None
+        with self._spare_lock:
+            if segment is not None and self._closed:
+                segment.close()
+            else:
+                self._spare = segment
+
+    def _take_spare(self) -> Segment | None:
+        """The prepared segment, waiting for it if it is still being made."""
+        if self._preparing is not None:
+            self._preparing.join()
+            self._preparing = None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        return spare
 
     def _drop_empty_segments(self) -> None:
         for segment in [s for s in self._segments if s.used == 0]:
@@ -187,7 +235,12 @@ class Arena:
             segment.close()
 
     def close(self) -> None:
-        """Unmap and unlink every segment."""
+        """Unmap and unlink every segment, the spare too."""
+        with self._spare_lock:
+            self._closed = True
+        spare = self._take_spare()
+        if spare is not None:
+            spare.close()
         for segment in self._segments:
             segment.close()
         self._segments.clear()

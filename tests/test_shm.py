@@ -470,6 +470,36 @@ def test_memory_only_store_full_fails_fast_and_recovers_after_delete(start_serve
             assert checksum(store.get(store.put(data))) == checksum(data)
 
 
+def test_next_segment_is_prepared_before_a_put_needs_it(start_server: Any) -> None:
+    """Once the newest 64 MiB segment is a quarter full, a spare appears in /dev/shm without a
+    put waiting for it; the spare respects --memory and a clean stop removes it."""
+    server = start_server("--memory", "256M")
+    prefix = store_prefix(server.data_dir)
+    frame = np.ones(MiB, dtype=np.uint8)
+    with server.client() as store:
+        for _ in range(20):
+            store.put(frame)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while store.info().segments < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.info().segments == 2
+        assert len(shm_files(prefix) - {prefix + "token", prefix + "lock"}) == 3  # + index
+        for _ in range(60):
+            store.put(frame)  # into the spare; past its quarter, the next one is made
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while store.info().segments < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.info().segments == 3
+    assert server.stop() == 0
+    assert shm_files(prefix) == set()
+    small = start_server("--memory", "64M")
+    with small.client() as store:
+        for _ in range(40):
+            store.put(frame)
+        time.sleep(0.5)
+        assert store.info().segments == 1  # no room for a spare within --memory
+
+
 # -- 5. forged and foreign handles ---------------------------------------------------------
 
 
