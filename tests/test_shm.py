@@ -484,7 +484,7 @@ def test_next_segment_is_prepared_before_a_put_needs_it(start_server: Any) -> No
             time.sleep(0.05)
         assert store.info().segments == 2
         assert len(shm_files(prefix) - {prefix + "token", prefix + "lock"}) == 3  # + index
-        for _ in range(60):
+        for _ in range(70):
             store.put(frame)  # into the spare; past its quarter, the next one is made
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while store.info().segments < 3 and time.monotonic() < deadline:
