@@ -16,6 +16,7 @@ from .errors import (
     StoreError,
     StoreFull,
     StoreUnavailable,
+    Unauthenticated,
     WaitTimeout,
 )
 from .ids import ObjectID
@@ -38,5 +39,6 @@ __all__ = [
     "StoreInfo",
     "StoreUnavailable",
     "Subscription",
+    "Unauthenticated",
     "WaitTimeout",
 ]

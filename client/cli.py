@@ -1,32 +1,38 @@
 """People's tools on the ``improv-store`` command: put, get, ls, rm, watch, info, health.
 
 Exit codes: 0 success, 1 object not found (or health not SERVING), 2 usage (or a
-local file that cannot be read or written), 3 store unreachable, 4 any other store error.
+local file that cannot be read or written), 3 store unreachable (TLS handshake
+failures included), 4 any other store error, 5 access refused (missing or wrong
+token, UNAUTHENTICATED or PERMISSION_DENIED).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import pprint
 import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .errors import ObjectNotFound, StoreError, StoreUnavailable
+from .errors import (
+    ObjectNotFound,
+    PermissionDenied,
+    StoreError,
+    StoreUnavailable,
+    Unauthenticated,
+)
 from .ids import ObjectID
 from .models import Event, ObjectInfo, StoreInfo
-from .store_client import Ref, StoreClient, normalize_address
+from .store_client import Ref, StoreClient
 
 EXIT_NOT_FOUND = 1
 EXIT_UNREACHABLE = 3
 EXIT_STORE_ERROR = 4
+EXIT_ACCESS_DENIED = 5
 
 _HEX_ID = re.compile(r"[0-9a-fA-F]{40}")
 
@@ -41,6 +47,23 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             default=None,
             help="store address: unix socket path, unix:///path or host:port"
             " (default $IMPROV_STORE_ADDRESS, else unix:///tmp/improv-store.sock)",
+        )
+        parser.add_argument(
+            "--token-file",
+            help="file with the store's token (default $IMPROV_STORE_TOKEN_FILE;"
+            " $IMPROV_STORE_TOKEN holds the token itself)",
+        )
+        parser.add_argument(
+            "--tls-ca",
+            help="PEM CAs to trust for a TLS store over TCP; turns TLS on"
+            " (default $IMPROV_STORE_TLS_CA; IMPROV_STORE_TLS=1 for the system's CAs)",
+        )
+        parser.add_argument(
+            "--tls-cert",
+            help="PEM client certificate for mutual TLS (default $IMPROV_STORE_TLS_CERT)",
+        )
+        parser.add_argument(
+            "--tls-key", help="PEM key of --tls-cert (default $IMPROV_STORE_TLS_KEY)"
         )
         parser.set_defaults(handler=_guarded(handler))
         return parser
@@ -75,7 +98,13 @@ def _guarded(handler: Callable[[StoreClient, argparse.Namespace], int]) -> Calla
 
     def run(args: argparse.Namespace) -> int:
         try:
-            with StoreClient(args.address) as store:
+            with StoreClient(
+                args.address,
+                token_file=args.token_file,
+                tls_ca=args.tls_ca,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            ) as store:
                 return handler(store, args)
         except ObjectNotFound as exc:
             _error(str(exc))
@@ -83,10 +112,13 @@ def _guarded(handler: Callable[[StoreClient, argparse.Namespace], int]) -> Calla
         except StoreUnavailable as exc:
             _error(f"cannot reach the store: {exc}")
             return EXIT_UNREACHABLE
+        except (Unauthenticated, PermissionDenied) as exc:
+            _error(f"access refused: {exc}")
+            return EXIT_ACCESS_DENIED
         except StoreError as exc:
             _error(f"{exc.code.name}: {exc}")
             return EXIT_STORE_ERROR
-        except OSError as exc:  # after StoreError: some of those are OSErrors too
+        except (OSError, ValueError) as exc:  # after StoreError: some are OSErrors too
             _error(str(exc))
             return 2
         except KeyboardInterrupt:
@@ -251,15 +283,6 @@ def _commits(info: StoreInfo) -> str:
 
 
 def _health(store: StoreClient, args: argparse.Namespace) -> int:
-    address = normalize_address(
-        args.address or os.environ.get("IMPROV_STORE_ADDRESS", "unix:///tmp/improv-store.sock")
-    )
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-        except grpc.RpcError as exc:
-            raise StoreUnavailable(exc.details() or exc.code().name) from None
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-    print(name)
-    return 0 if status == health_pb2.HealthCheckResponse.SERVING else EXIT_NOT_FOUND
+    status = store.health()
+    print(status)
+    return 0 if status == "SERVING" else EXIT_NOT_FOUND

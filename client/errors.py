@@ -78,6 +78,12 @@ class PermissionDenied(StoreError, PermissionError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unauthenticated(StoreError, PermissionError):
+    """The server requires a token and this client sent none, or the wrong one."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
     cls.code: cls
     for cls in (
@@ -90,6 +96,7 @@ _BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
         DataCorrupted,
         StoreUnavailable,
         PermissionDenied,
+        Unauthenticated,
     )
 }
 

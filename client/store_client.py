@@ -13,13 +13,22 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from improv_store import wire
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
 from . import codec
-from .errors import ObjectNotFound, StoreError, error_for, from_rpc_error, resume_sequence
+from .access import TlsSettings, open_channel, resolve_token
+from .errors import (
+    ObjectNotFound,
+    StoreError,
+    StoreUnavailable,
+    error_for,
+    from_rpc_error,
+    resume_sequence,
+)
 from .ids import ObjectID
 from .index import IndexReader
 from .lane import Lane
@@ -100,6 +109,16 @@ class StoreClient:
     makes its unary calls over the server's local lane (a plain unix socket,
     ten times cheaper than a gRPC call) unless ``lane`` (default
     ``$IMPROV_STORE_LANE``) is off.
+
+    A server started with ``--token-file`` wants its token on every call:
+    ``token`` (default ``$IMPROV_STORE_TOKEN``) or ``token_file`` (default
+    ``$IMPROV_STORE_TOKEN_FILE``); without it calls raise Unauthenticated.
+    Over TCP, ``tls`` (default: on when ``$IMPROV_STORE_TLS`` is 1 or a CA or
+    client certificate is given) encrypts the connection; ``tls_ca`` is the
+    PEM file of CAs to trust (default the system's), ``tls_cert`` and
+    ``tls_key`` a client certificate for mutual TLS, ``tls_server_name`` the
+    name to check the server's certificate against; each defaults to
+    ``$IMPROV_STORE_TLS_<NAME>``. Unix-socket addresses never use TLS.
     """
 
     def __init__(
@@ -109,6 +128,13 @@ class StoreClient:
         timeout: float | None = None,
         transfer: str | None = None,
         lane: bool | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.address = normalize_address(
             address or os.environ.get("IMPROV_STORE_ADDRESS", DEFAULT_ADDRESS)
@@ -121,13 +147,17 @@ class StoreClient:
         )
         if self.transfer not in TRANSFER_MODES:
             raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {self.transfer!r}")
-        self._channel = grpc.insecure_channel(
+        # The lane sends this token too; None when the server needs none.
+        self._token = resolve_token(token, token_file)
+        self._channel = open_channel(
             self.address,
-            options=[
+            [
                 ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
                 ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
                 ("grpc.http2.max_frame_size", 16777215),
             ],
+            self._token,
+            TlsSettings.resolve(tls, tls_ca, tls_cert, tls_key, tls_server_name),
         )
         self._stub = store_pb2_grpc.StoreServiceStub(self._channel)
         # The chunk streams with their messages left serialized (improv_store.wire):
@@ -171,6 +201,16 @@ class StoreClient:
             raise error_for(
                 grpc.StatusCode.UNAVAILABLE, f"no store answered at {self.address} in {timeout} s"
             ) from None
+
+    def health(self, timeout: float = 5.0) -> str:
+        """The server's grpc.health.v1 status, e.g. ``SERVING`` (this check needs no token)."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as exc:  # whatever the code, the server did not answer
+            message = f"no health answer from {self.address}: {exc.details() or exc.code().name}"
+            raise StoreUnavailable(message) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     @property
     def colocated(self) -> bool:

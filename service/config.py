@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .access import is_loopback, load_token
 
 DURABILITY_MODES = ("sync", "async", "none")
 
@@ -39,6 +41,14 @@ class ServerConfig:
     index_slots: int = 1 << 16
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
+    socket_mode: int = 0o600
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    token_file: str = ""
+    insecure: bool = False
+    # Read from token_file when the config is built; never printed.
+    token: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
@@ -56,6 +66,29 @@ class ServerConfig:
         slots = self.index_slots
         if slots and (slots < 16 or slots & (slots - 1)):
             raise ValueError("index_slots must be 0 (off) or a power of two of at least 16")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ValueError(f"socket_mode must be a permission mode, not {self.socket_mode:o}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.token_file:
+            object.__setattr__(self, "token", load_token(self.token_file))
+        if self.open_to_network() and not self.insecure:
+            raise ValueError(
+                f"refusing to listen on {self.listen} without TLS or a token: anyone who"
+                " can reach it could read and change the store. Give --tls-cert/--tls-key"
+                " or --token-file, or --insecure to accept that"
+            )
+
+    def open_to_network(self) -> bool:
+        """Whether TCP is bound beyond loopback with neither TLS nor a token."""
+        return (
+            bool(self.listen)
+            and not is_loopback(self.listen)
+            and not self.tls_cert
+            and not self.token
+        )
 
 
 def parse_size(text: str) -> int:
@@ -70,6 +103,24 @@ def parse_size(text: str) -> int:
         return int(float(number) * units[unit])
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)") from None
+
+
+def parse_mode(text: str) -> int:
+    """Parse an octal permission mode such as ``0600`` or ``660``."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (use e.g. 0600)") from None
+
+
+def parse_flag(text: str) -> bool:
+    """An IMPROV_STORE_* boolean: 1/true/yes/on, or 0/false/no/off/empty."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use 1 or 0)")
 
 
 def _env(name: str, default: object) -> object:
@@ -87,9 +138,45 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="unix socket path; empty to disable (IMPROV_STORE_SOCKET)",
     )
     add(
+        "--socket-mode",
+        type=parse_mode,
+        default=_env("socket_mode", f"{d.socket_mode:04o}"),
+        help="permissions of the unix socket, in octal (IMPROV_STORE_SOCKET_MODE)",
+    )
+    add(
         "--listen",
         default=_env("listen", d.listen),
         help="TCP host:port; empty to disable (IMPROV_STORE_LISTEN)",
+    )
+    add(
+        "--tls-cert",
+        default=_env("tls_cert", d.tls_cert),
+        help="PEM certificate (chain) for TLS on the TCP listener (IMPROV_STORE_TLS_CERT)",
+    )
+    add(
+        "--tls-key",
+        default=_env("tls_key", d.tls_key),
+        help="PEM private key of --tls-cert (IMPROV_STORE_TLS_KEY)",
+    )
+    add(
+        "--tls-client-ca",
+        default=_env("tls_client_ca", d.tls_client_ca),
+        help="PEM CA certificates: TCP clients must present a certificate one of them"
+        " signed (mutual TLS) (IMPROV_STORE_TLS_CLIENT_CA)",
+    )
+    add(
+        "--token-file",
+        default=_env("token_file", d.token_file),
+        help="file holding a token every RPC must carry as 'authorization: Bearer <token>',"
+        " on TCP and the unix socket; health checks stay open (IMPROV_STORE_TOKEN_FILE)",
+    )
+    add(
+        "--insecure",
+        nargs="?",
+        const=True,
+        type=parse_flag,
+        default=_env("insecure", "0"),
+        help="allow TCP beyond loopback without TLS or a token (IMPROV_STORE_INSECURE=1)",
     )
     add(
         "--data-dir",
@@ -195,7 +282,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """
     return ServerConfig(
         socket=args.socket,
+        socket_mode=args.socket_mode,
         listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        token_file=args.token_file,
+        insecure=args.insecure,
         data_dir=args.data_dir,
         durability=args.durability,
         commit_interval=float(args.commit_interval),

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from improv_store import __version__
 from improv_store.v1 import store_pb2, store_pb2_grpc
 
+from .access import TokenInterceptor, server_credentials
 from .config import ServerConfig
 from .lane import LaneServer
 from .metrics import StoreMetrics
@@ -49,10 +50,14 @@ class StoreServer:
             ("grpc.so_reuseport", 0),
             ("grpc.http2.max_frame_size", 16777215),
         ]
+        # Metrics first, so that calls the token check refuses are counted too.
+        interceptors = [self.metrics.interceptor()]
+        if config.token:
+            interceptors.append(TokenInterceptor(config.token))
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
             options=options,
-            interceptors=[self.metrics.interceptor()],
+            interceptors=interceptors,
         )
         lane_path = ""
         if config.socket and config.lane:
@@ -71,8 +76,10 @@ class StoreServer:
         try:
             if config.socket:
                 self._bind("unix:" + os.path.abspath(config.socket))
+                # The file exists once bound; nobody can connect before start().
+                os.chmod(config.socket, config.socket_mode)
             if config.listen:
-                self._bind(config.listen)
+                self._bind_tcp(config)
             if lane_path:
                 self.lane = LaneServer(lane_path, self.store, servicer, self.metrics.record)
                 self.addresses.append(f"lane:{lane_path}")
@@ -80,9 +87,24 @@ class StoreServer:
             self.store.close()
             raise
 
-    def _bind(self, address: str) -> None:
+    def _bind_tcp(self, config: ServerConfig) -> None:
+        credentials = None
+        if config.tls_cert:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if config.open_to_network():
+            log.warning(
+                "--insecure: listening on %s without TLS or a token; anyone who can reach"
+                " it can read and change the store",
+                config.listen,
+            )
+        self._bind(config.listen, credentials)
+
+    def _bind(self, address: str, credentials: grpc.ServerCredentials | None = None) -> None:
         try:
-            port = self._grpc.add_insecure_port(address)
+            if credentials is None:
+                port = self._grpc.add_insecure_port(address)
+            else:
+                port = self._grpc.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise RuntimeError(f"cannot listen on {address}: {exc}") from None
         if port == 0:
@@ -96,16 +118,15 @@ class StoreServer:
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
             self.addresses.append(f"http://{self.config.metrics_listen}/metrics")
-        if self.config.socket:
-            os.chmod(self.config.socket, 0o600)
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "improv-store %s serving on %s (durability %s, data %s)",
+            "improv-store %s serving on %s (durability %s, data %s, access %s)",
             __version__,
             ", ".join(self.addresses),
             self.config.durability,
             os.path.abspath(self.config.data_dir) if self.config.durability != "none" else "-",
+            _access_summary(self.config),
         )
 
     def stop(self) -> None:
@@ -123,6 +144,16 @@ class StoreServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.socket)
         log.info("stopped")
+
+
+def _access_summary(config: ServerConfig) -> str:
+    """How callers are checked, for the start-up line: e.g. ``token, mutual TLS on TCP``."""
+    parts = ["token" if config.token else "no token"]
+    if config.tls_client_ca:
+        parts.append("mutual TLS on TCP")
+    elif config.tls_cert:
+        parts.append("TLS on TCP")
+    return ", ".join(parts)
 
 
 def _clear_stale_socket(path: str) -> None:
