@@ -44,13 +44,12 @@ RUN groupadd --gid 10001 improv \
 
 COPY --from=build /opt/improv-store /opt/improv-store
 
-# INSECURE=1 lets the 0.0.0.0 listener start without TLS or a token (it logs a warning);
-# set IMPROV_STORE_TOKEN_FILE or IMPROV_STORE_TLS_CERT/_KEY before exposing the port.
+# The 0.0.0.0 listener needs credentials: mount a token file and set IMPROV_STORE_TOKEN_FILE
+# (and/or IMPROV_STORE_TLS_CERT/_KEY), or set IMPROV_STORE_INSECURE=1 to accept an open port.
 ENV PATH=/opt/improv-store/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     IMPROV_STORE_LISTEN=0.0.0.0:50051 \
-    IMPROV_STORE_INSECURE=1 \
     IMPROV_STORE_SOCKET=/run/improv-store/improv-store.sock \
     IMPROV_STORE_DATA_DIR=/var/lib/improv-store \
     IMPROV_STORE_ADDRESS=unix:///run/improv-store/improv-store.sock

@@ -38,10 +38,13 @@ Response = TypeVar("Response", bound=Message)
 class Lane:
     """An open lane connection; thread-safe (calls take turns)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: str | None = None) -> None:
+        """Connect and open the session, presenting ``token`` if the server wants one."""
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._socket.connect(path)
+            opening = pb.LaneOpenRequest(token=token or "")
+            self._write(pb.LANE_METHOD_OPEN, opening.SerializeToString())
             status, body = self._read()
         except OSError as exc:
             self._socket.close()

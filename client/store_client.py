@@ -263,7 +263,7 @@ class StoreClient:
         with self._local_lock:
             if local.session is None or not local.session.alive:
                 if local.lane_path:
-                    lane = local.session = Lane(local.lane_path)
+                    lane = local.session = Lane(local.lane_path, self._token)
                     info = lane.call(pb.LANE_METHOD_INFO, pb.InfoRequest(), pb.InfoResponse)
                     local.index = self._index_reader(local, info)
                 else:

@@ -76,6 +76,11 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
     )
 
 
+def token_matches(expected: str, presented: str) -> bool:
+    """Compare tokens in constant time."""
+    return hmac.compare_digest(expected.encode(), presented.encode())
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses every call without ``authorization: Bearer <token>``, except health checks."""
 

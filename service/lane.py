@@ -4,9 +4,11 @@ A unary gRPC call costs about ten times a request/response on a unix socket
 between two Python processes, and small objects are all call overhead. The
 lane carries the very same protobuf messages, length-prefixed (framing in
 store.proto, ``LaneMethod``), and runs them through the same servicer code,
-so validation, statuses and leases are identical. Each connection is a
-session: when it closes, for whatever reason, its leases and unsealed
-creates are dropped, as when a gRPC Session stream ends.
+so validation, statuses and leases are identical. A connection opens with
+LANE_METHOD_OPEN, which carries the server's token when it has one (the same
+check gRPC calls pass), and is then a session: when it closes, for whatever
+reason, its leases and unsealed creates are dropped, as when a gRPC Session
+stream ends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from google.protobuf.message import DecodeError, Message
 
 from improv_store.v1 import store_pb2 as pb
 
+from .access import token_matches
 from .errors import StoreError
 from .servicer import StoreServicer
 from .store import Store
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<IB")
 ONE_WAY = 0x80
+_MAX_OPEN_FRAME = 64 << 10
 
 # method -> (servicer method name, request type)
 METHODS: dict[int, tuple[str, type[Message]]] = {
@@ -89,13 +93,14 @@ class LaneServer:
         self._servicer = servicer
         self._record = record
         self._max_frame = store.config.max_message_size
+        self._token = store.config.token
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         if os.path.exists(path):
             os.unlink(path)  # the gRPC socket beside it was checked for a live server first
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
-        os.chmod(path, 0o600)
+        os.chmod(path, store.config.socket_mode)
         self._listener.listen(128)
         self._thread = threading.Thread(target=self._accept, name="lane-accept", daemon=True)
 
@@ -129,14 +134,13 @@ class LaneServer:
 
     def _serve(self, connection: socket.socket) -> None:
         try:
-            session_id, _ = self._store.open_session()
-        except StoreError as exc:  # the store is stopping
-            self._send(connection, exc.code, exc.message.encode())
+            session_id = self._open(connection)
+        except OSError:
+            session_id = None  # the client went away
+        if session_id is None:
             self._forget(connection)
             return
         try:
-            hello = pb.SessionResponse(session_id=session_id).SerializeToString()
-            self._send(connection, grpc.StatusCode.OK, hello)
             while self._serve_one(connection):
                 pass
         except OSError:
@@ -144,6 +148,38 @@ class LaneServer:
         finally:
             self._forget(connection)
             self._store.close_session(session_id)
+
+    def _open(self, connection: socket.socket) -> str | None:
+        """Check the opening frame and start the session; None (answered) if refused."""
+        header = _receive(connection, HEADER.size)
+        if header is None:
+            return None
+        length, method = HEADER.unpack(header)
+        if method != pb.LANE_METHOD_OPEN or not 1 <= length <= _MAX_OPEN_FRAME:
+            self._send(connection, grpc.StatusCode.INVALID_ARGUMENT,
+                       b"a lane connection must begin with LANE_METHOD_OPEN")
+            return None
+        body = _receive(connection, length - 1)
+        if body is None:
+            return None
+        try:
+            request = pb.LaneOpenRequest.FromString(body)
+        except DecodeError as exc:
+            self._send(connection, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"malformed LaneOpenRequest: {exc}".encode())
+            return None
+        if self._token and not token_matches(self._token, request.token):
+            message = "wrong token" if request.token else "this store requires a token"
+            self._send(connection, grpc.StatusCode.UNAUTHENTICATED, message.encode())
+            return None
+        try:
+            session_id, _ = self._store.open_session()
+        except StoreError as exc:  # the store is stopping
+            self._send(connection, exc.code, exc.message.encode())
+            return None
+        hello = pb.SessionResponse(session_id=session_id).SerializeToString()
+        self._send(connection, grpc.StatusCode.OK, hello)
+        return session_id
 
     def _forget(self, connection: socket.socket) -> None:
         with self._lock:

@@ -26,12 +26,13 @@ OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED = 0, 3, 5, 8,
 class RawLane:
     """A lane connection that sends whatever bytes a test wants."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: str = "") -> None:
         self.socket = socket.socket(socket.AF_UNIX)
         self.socket.settimeout(10)
         self.socket.connect(path)
-        status, body = self.read()
-        assert status == OK
+        opening = pb.LaneOpenRequest(token=token).SerializeToString()
+        status, body = self.call(pb.LANE_METHOD_OPEN, opening)
+        assert status == OK, body
         self.session_id = pb.SessionResponse.FromString(body).session_id
 
     def read(self) -> tuple[int, bytes]:
@@ -213,3 +214,43 @@ def test_lane_calls_are_counted_in_metrics(start_server: Any) -> None:
         [os.path.join(os.path.dirname(sys.executable), "improv-store"), "info",
          "--address", server.unix_address], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "requests:" in result.stdout
+
+
+UNAUTHENTICATED = 16
+
+
+def test_lane_requires_the_token_and_the_opening_frame(start_server: Any, tmp_path: Any) -> None:
+    """With --token-file, a lane connection opens only with the token (none or a wrong one
+    is UNAUTHENTICATED and the server hangs up); without an opening frame it is refused too.
+    A client given the token uses the lane (and the object index) as usual."""
+    token_file = tmp_path / "token"
+    token_file.write_text("lane-secret\n")
+    token_file.chmod(0o600)
+    server = start_server("--token-file", str(token_file))
+    with server.client(token="lane-secret") as store:
+        object_id = store.put(b"behind the token")
+        path = store._local.lane_path
+        assert store.get(object_id) == b"behind the token"
+        assert store.info().sessions == 1
+    for token in ("", "wrong-secret"):
+        refused = socket.socket(socket.AF_UNIX)
+        refused.settimeout(10)
+        refused.connect(path)
+        refused.sendall(_frame(pb.LANE_METHOD_OPEN, token))
+        length, status = HEADER.unpack(refused.recv(HEADER.size))
+        assert status == UNAUTHENTICATED
+        refused.recv(length - 1)
+        assert refused.recv(1) == b""
+    skipped = socket.socket(socket.AF_UNIX)
+    skipped.settimeout(10)
+    skipped.connect(path)
+    put = pb.PutRequest(data=b"no opening").SerializeToString()
+    skipped.sendall(HEADER.pack(len(put) + 1, pb.LANE_METHOD_PUT) + put)
+    assert HEADER.unpack(skipped.recv(HEADER.size))[1] == INVALID_ARGUMENT
+    lane = RawLane(path, token="lane-secret")
+    assert lane.call(pb.LANE_METHOD_INFO, b"")[0] == OK
+
+
+def _frame(method: int, token: str) -> bytes:
+    body = pb.LaneOpenRequest(token=token).SerializeToString()
+    return HEADER.pack(len(body) + 1, method) + body

@@ -34,6 +34,7 @@ class LaneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LANE_METHOD_INFO: _ClassVar[LaneMethod]
     LANE_METHOD_LIST: _ClassVar[LaneMethod]
     LANE_METHOD_BATCH_PUT: _ClassVar[LaneMethod]
+    LANE_METHOD_OPEN: _ClassVar[LaneMethod]
 
 class Transfer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -79,6 +80,7 @@ LANE_METHOD_RELEASE: LaneMethod
 LANE_METHOD_INFO: LaneMethod
 LANE_METHOD_LIST: LaneMethod
 LANE_METHOD_BATCH_PUT: LaneMethod
+LANE_METHOD_OPEN: LaneMethod
 TRANSFER_UNSPECIFIED: Transfer
 TRANSFER_INLINE: Transfer
 TRANSFER_SHM: Transfer
@@ -356,6 +358,12 @@ class SessionResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class LaneOpenRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
     __slots__ = ("session_id", "spec", "size", "replace")
