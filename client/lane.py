@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from improv_store.v1 import store_pb2 as pb
 
-from .errors import error_for
+from .errors import StoreUnavailable, error_for
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ _FLUSH_INTERVAL = 0.05
 _RELEASE_BATCH = 64
 
 Response = TypeVar("Response", bound=Message)
+
+
+class LaneClosed(StoreUnavailable):
+    """The lane was closed before the request left: the server never saw it, so the
+    call can be repeated on a new lane."""
 
 
 class Lane:
@@ -60,6 +65,11 @@ class Lane:
                          daemon=True).start()
 
     @property
+    def closed(self) -> bool:
+        """Closed by this client or after an error; unlike ``alive``, asks no system call."""
+        return self._closed.is_set()
+
+    @property
     def alive(self) -> bool:
         """False once closed, or once the server has hung up (it sends nothing unasked)."""
         if self._closed.is_set():
@@ -78,11 +88,15 @@ class Lane:
         """Send one request and wait for its answer; a failure status raises its StoreError."""
         with self._lock:
             if self._closed.is_set():
-                raise error_for(grpc.StatusCode.UNAVAILABLE, "the lane connection is closed")
+                raise LaneClosed("the lane connection is closed")
             try:
                 if self._releases.qsize() >= _RELEASE_BATCH:  # else the flusher sends them
                     self._send_releases()
                 self._write(method, request.SerializeToString())
+            except OSError as exc:  # the server hung up: nothing was taken
+                self._close_locked()
+                raise LaneClosed(f"lane connection lost: {exc}") from None
+            try:
                 status, body = self._read()
             except OSError as exc:
                 self._close_locked()

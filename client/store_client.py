@@ -31,7 +31,7 @@ from .errors import (
 )
 from .ids import ObjectID
 from .index import IndexReader
-from .lane import Lane
+from .lane import Lane, LaneClosed
 from .models import Event, ObjectInfo, StoreInfo
 from .session import Session
 from .shm import SegmentMaps, exporter_of, is_colocated, read_only
@@ -221,12 +221,15 @@ class StoreClient:
         """Call an RPC by name: over the local lane when this client has one, else gRPC."""
         lane_method = _LANE_METHODS.get(method)
         local = self._local
-        if lane_method is not None and local is not None and local.lane_path:
-            lane = self._session(local)
-            assert isinstance(lane, Lane)
-            method_id, response_type = lane_method
-            return lane.call(method_id, request, response_type)
-        return self._grpc_call(method, request, extra_time)
+        if lane_method is None or local is None or not local.lane_path:
+            return self._grpc_call(method, request, extra_time)
+        method_id, response_type = lane_method
+        try:
+            return self._lane(local).call(method_id, request, response_type)
+        except LaneClosed:
+            if getattr(request, "session_id", ""):
+                raise  # bound to the lost session: the caller renews it
+            return self._lane(local).call(method_id, request, response_type)
 
     def _grpc_call(self, method: str, request: Any, extra_time: float = 0.0) -> Any:
         timeout = None if self.timeout is None else self.timeout + extra_time
@@ -263,15 +266,29 @@ class StoreClient:
         with self._local_lock:
             if local.session is None or not local.session.alive:
                 if local.lane_path:
-                    lane = local.session = Lane(local.lane_path, self._token)
-                    info = lane.call(pb.LANE_METHOD_INFO, pb.InfoRequest(), pb.InfoResponse)
-                    local.index = self._index_reader(local, info)
+                    self._open_lane(local)
                 else:
                     try:
                         local.session = Session(self._stub)
                     except grpc.RpcError as exc:
                         raise from_rpc_error(exc) from None
             return local.session
+
+    def _lane(self, local: _Local) -> Lane:
+        """The lane for a call, (re)opened only if known closed: no liveness probe, since
+        a call on a lane the server left fails before sending (LaneClosed) and is retried."""
+        with self._local_lock:
+            lane = local.session
+            if not isinstance(lane, Lane) or lane.closed:
+                lane = self._open_lane(local)
+            return lane
+
+    def _open_lane(self, local: _Local) -> Lane:
+        """A new lane session, and the object index of the server behind it."""
+        lane = local.session = Lane(local.lane_path, self._token)
+        info = lane.call(pb.LANE_METHOD_INFO, pb.InfoRequest(), pb.InfoResponse)
+        local.index = self._index_reader(local, info)
+        return lane
 
     def _index_reader(self, local: _Local, info: pb.InfoResponse) -> IndexReader | None:
         """The server's object index, when this client reads small objects inline."""

@@ -46,11 +46,21 @@ class StoreMetrics:
             "improv_store_commit_batch_changes", "Changes committed per LMDB transaction",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
+        # (method, code) -> its counter and histogram: labels() costs more than the update.
+        self._instruments: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished request (the interceptor's job, for calls outside gRPC)."""
-        self.requests.labels(method, code.name).inc()
-        self.request_seconds.labels(method, code.name).observe(seconds)
+        instruments = self._instruments.get((method, code))
+        if instruments is None:
+            instruments = (
+                self.requests.labels(method, code.name),
+                self.request_seconds.labels(method, code.name),
+            )
+            self._instruments[(method, code)] = instruments
+        counter, histogram = instruments
+        counter.inc()
+        histogram.observe(seconds)
 
     def observe_commit(self, changes: int, seconds: float) -> None:
         self.commit_seconds.observe(seconds)
