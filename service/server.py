@@ -22,7 +22,7 @@ from .access import TokenInterceptor, server_credentials
 from .config import ServerConfig
 from .lane import LaneServer
 from .metrics import StoreMetrics
-from .servicer import StoreServicer, bulk_handlers
+from .servicer import StoreServicer, method_handlers
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class StoreServer:
         servicer = StoreServicer(self.store, stats=self.metrics.stats, lane_socket=lane_path)
         store_pb2_grpc.add_StoreServiceServicer_to_server(servicer, self._grpc)
         # Registered after the generated handlers, so these replace theirs.
-        self._grpc.add_registered_method_handlers(SERVICE_NAME, bulk_handlers(servicer))
+        self._grpc.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(

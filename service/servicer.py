@@ -17,6 +17,7 @@ from improv_store import wire
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
+from . import validation
 from .errors import StoreError, invalid
 from .objects import StoredObject
 from .store import Store
@@ -49,7 +50,7 @@ def _statuses(method: F) -> F:
         @functools.wraps(method)
         def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from method(self, request, context)
+                yield from method(self, _parsed(request), context)
             except Exception as exc:
                 abort(context, exc)
 
@@ -58,20 +59,48 @@ def _statuses(method: F) -> F:
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return method(self, _parsed(request), context)
         except Exception as exc:
             abort(context, exc)
 
     return unary  # type: ignore[return-value]
 
 
+class _Malformed:
+    """A request that did not parse (see ``_lenient``)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer that never fails: the handler refuses what did not parse.
+
+    grpcio answers a deserializer's exception with INTERNAL before any of our code
+    runs; bytes that are not a valid request are the client's error, INVALID_ARGUMENT.
+    """
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return message_type.FromString(raw)
+        except DecodeError as exc:
+            return _Malformed(f"malformed {message_type.__name__}: {exc}")
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    """The request, or INVALID_ARGUMENT if it did not parse."""
+    if isinstance(request, _Malformed):
+        raise invalid(request.message)
+    return request
+
+
 def _wait_seconds(request: Any, context: grpc.ServicerContext) -> float:
     """The requested wait, capped by the call's own deadline."""
     if not request.HasField("wait"):
         return 0.0
-    wait = request.wait.ToTimedelta().total_seconds()
-    if wait < 0:
-        raise invalid("wait must not be negative")
+    wait = validation.wait_seconds(request.wait)
     remaining = context.time_remaining()
     return min(wait, remaining) if remaining is not None else wait
 
@@ -189,7 +218,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def _read_releases(self, session_id: str, requests: Iterator[pb.SessionRequest]) -> None:
         try:
             for message in requests:
-                if message.release_lease_ids:
+                if isinstance(message, _Malformed):
+                    log.warning("session %s: %s ignored", session_id[:8], message.message)
+                elif message.release_lease_ids:
                     self._release_quietly(session_id, list(message.release_lease_ids))
         except grpc.RpcError:
             pass  # the stream is over; the termination callback closes the session
@@ -368,22 +399,36 @@ def _receive_chunks(chunks: Iterator[bytes], target: memoryview) -> int:
     return checksum
 
 
-def bulk_handlers(servicer: StoreServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """PutStream and GetStream with their chunk messages left serialized.
+def method_handlers(servicer: StoreServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """Every StoreService method, with requests parsed by ``_lenient``.
 
-    They replace the generated handlers of these two methods: the servicer
-    reads and writes chunks as bytes (see ``improv_store.wire``), so bulk
-    data is copied once each way instead of going through protobuf objects.
+    They replace the generated handlers. PutStream and GetStream also leave their
+    chunk messages serialized: the servicer reads and writes chunks as bytes (see
+    ``improv_store.wire``), so bulk data is copied once each way instead of going
+    through protobuf objects.
     """
-    return {
-        "PutStream": grpc.stream_unary_rpc_method_handler(
-            servicer.PutStream,
-            request_deserializer=None,
-            response_serializer=pb.PutStreamResponse.SerializeToString,
-        ),
-        "GetStream": grpc.unary_stream_rpc_method_handler(
-            servicer.GetStream,
-            request_deserializer=pb.GetStreamRequest.FromString,
-            response_serializer=None,
-        ),
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
     }
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["StoreService"].methods:
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = kinds[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=response_type.SerializeToString,
+        )
+    handlers["PutStream"] = grpc.stream_unary_rpc_method_handler(
+        servicer.PutStream,
+        request_deserializer=None,
+        response_serializer=pb.PutStreamResponse.SerializeToString,
+    )
+    handlers["GetStream"] = grpc.unary_stream_rpc_method_handler(
+        servicer.GetStream,
+        request_deserializer=_lenient(pb.GetStreamRequest),
+        response_serializer=None,
+    )
+    return handlers

@@ -100,8 +100,9 @@ class Sessions:
         """Drop leases; return their objects to unpin.
 
         A lease of another session is PERMISSION_DENIED and an unknown one
-        NOT_FOUND; either way nothing is released.
+        NOT_FOUND; either way nothing is released. A lease named twice is released once.
         """
+        lease_ids = list(dict.fromkeys(lease_ids))
         for lease_id in lease_ids:
             if lease_id not in session.leases:
                 if any(lease_id in other.leases for other in self._sessions.values()):

@@ -6,6 +6,7 @@ import math
 import re
 
 import numpy as np
+from google.protobuf.duration_pb2 import Duration
 
 from improv_store.v1 import store_pb2 as pb
 
@@ -15,6 +16,9 @@ ID_LENGTH = 20
 MAX_NDIM = 32
 MAX_LABELS = 64
 MAX_LABEL_BYTES = 1024
+# The range google.protobuf.Duration allows: about 10,000 years either way.
+MAX_DURATION_SECONDS = 315_576_000_000
+_MAX_NANOS = 999_999_999
 
 # numpy's explicit dtype strings, e.g. "<f8", "|b1", "<M8[ns]", "|S16".
 _DTYPE_PATTERN = re.compile(r"[<>|=][biufcmMSUV]\d+(\[\w+\])?")
@@ -48,6 +52,17 @@ def check_ref(ref: pb.ObjectRef, max_name_length: int) -> None:
         check_name(ref.name, max_name_length)
     else:
         raise invalid("object reference needs an id or a name")
+
+
+def wait_seconds(wait: Duration) -> float:
+    """A requested wait in seconds: a valid, non-negative Duration (a malformed one would
+    overflow the conversion to a timedelta)."""
+    seconds, nanos = wait.seconds, wait.nanos
+    if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) > _MAX_NANOS or seconds * nanos < 0:
+        raise invalid(f"wait of {seconds} s and {nanos} ns is not a valid Duration")
+    if seconds < 0 or nanos < 0:
+        raise invalid("wait must not be negative")
+    return seconds + nanos / 1e9
 
 
 def check_spec(spec: pb.ObjectSpec, size: int, max_object_size: int, max_name_length: int) -> None:

@@ -75,13 +75,13 @@ def wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> Non
     wait_until_serving(process, address, START_TIMEOUT, log_path.read_text)
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: ``start_server(*extra_flags, durability=, data_dir=, env=, socket_path=)``.
+@contextlib.contextmanager
+def server_factory(base_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: ``start(*extra_flags, durability=, data_dir=, env=, socket_path=)``.
 
-    Every server it starts is stopped at teardown (killed if SIGTERM does not
-    end it). Passing an earlier server's ``data_dir`` (and ``socket_path``)
-    restarts on its data (and at its address).
+    Data and logs go under ``base_dir``. Every server it starts is stopped on
+    exit (killed if SIGTERM does not end it). Passing an earlier server's
+    ``data_dir`` (and ``socket_path``) restarts on its data (and at its address).
     """
     started: list[ServerProcess] = []
     socket_dir = tempfile.mkdtemp(prefix="is-", dir="/tmp")  # short: sun_path is 108 bytes
@@ -96,8 +96,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         index = len(started)
         socket_path = socket_path or os.path.join(socket_dir, f"s{index}.sock")
         port = free_port()
-        data_dir = data_dir or str(tmp_path / f"data{index}")
-        log_path = tmp_path / f"server{index}.log"
+        data_dir = data_dir or str(base_dir / f"data{index}")
+        log_path = base_dir / f"server{index}.log"
         args = [
             sys.executable,
             "-m",
@@ -124,15 +124,33 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         wait_serving("unix://" + socket_path, process, log_path)
         return server
 
-    yield start
-    for server in started:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.stop(timeout=15)
-        server.kill()
-    for data_dir in {server.data_dir for server in started}:
-        # A server a test killed leaves its shared memory behind (a restart would clear it).
-        remove_stale_segments(store_prefix(data_dir))
-    shutil.rmtree(socket_dir, ignore_errors=True)
+    try:
+        yield start
+    finally:
+        for server in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.stop(timeout=15)
+            server.kill()
+        for data_dir in {server.data_dir for server in started}:
+            # A server a test killed leaves its shared memory behind (a restart would clear it).
+            remove_stale_segments(store_prefix(data_dir))
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_factory`` for one test: its servers stop when the test ends."""
+    with server_factory(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def start_module_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_factory`` for a whole test module: its servers outlive each test."""
+    with server_factory(tmp_path_factory.mktemp("module-servers")) as start:
+        yield start
 
 
 @pytest.fixture
