@@ -112,6 +112,7 @@ class StoreInfo:
     evictions: int
     resident_objects: int
     segments: int
+    object_index: str
     sessions: int
     requests: int
     failed_requests: int
@@ -143,6 +144,7 @@ class StoreInfo:
             evictions=info.arena.evictions,
             resident_objects=info.arena.resident_objects,
             segments=info.arena.segments,
+            object_index=info.object_index.name,
             sessions=info.arena.sessions,
             requests=info.stats.requests,
             failed_requests=info.stats.failed_requests,

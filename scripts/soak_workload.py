@@ -476,6 +476,7 @@ def check_quiet_server(client: StoreClient, data_dir: str, report: SoakReport) -
     segments = {n for n in os.listdir(SHM_DIR) if n.startswith(prefix)} - {
         prefix + TOKEN_SUFFIX,
         prefix + LOCK_SUFFIX,
+        info.object_index,
     }
     if len(segments) != info.segments:
         violations.append(

@@ -847,6 +847,8 @@ class LaneEnd:
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket.settimeout(CALL_TIMEOUT)
         self.socket.connect(path)
+        opening = pb.LaneOpenRequest().SerializeToString()
+        self.socket.sendall(LANE_HEADER.pack(len(opening) + 1, pb.LANE_METHOD_OPEN) + opening)
         status, body = self.read()
         assert status == Code.OK
         self.session_id = pb.SessionResponse.FromString(body).session_id
@@ -952,7 +954,8 @@ def all_ids(stub: store_pb2_grpc.StoreServiceStub) -> list[bytes]:
 def test_after_fuzzing_usage_returns_to_baseline(target: Target) -> None:
     """Run last: once fuzz-made objects are deleted and the open session is closed, the
     arena is back at its baseline, nothing is pinned, no session or subscriber is left, and
-    /dev/shm holds only the segments Info reports (plus the store's token and lock)."""
+    /dev/shm holds only the segments Info reports (plus the store's token, lock and object
+    index)."""
     target.session.close()
     for object_id in all_ids(target.stub):
         if object_id != target.neighbour.id:
@@ -972,7 +975,7 @@ def test_after_fuzzing_usage_returns_to_baseline(target: Target) -> None:
     info = settle(target, back, "the baseline arena usage")
     prefix = store_prefix(target.server.data_dir)
     files = {name for name in os.listdir(SHM_DIR) if name.startswith(prefix)}
-    segments = files - {prefix + TOKEN_SUFFIX, prefix + LOCK_SUFFIX}
+    segments = files - {prefix + TOKEN_SUFFIX, prefix + LOCK_SUFFIX, info.object_index.name}
     assert len(segments) == info.arena.segments, (sorted(segments), info.arena)
     assert sum(os.path.getsize(os.path.join(SHM_DIR, name)) for name in segments) <= (
         info.arena.capacity
