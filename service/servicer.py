@@ -42,6 +42,9 @@ def _statuses(method: F) -> F:
             if exc.trailers:
                 context.set_trailing_metadata(exc.trailers)
             context.abort(exc.code, exc.message)
+        if isinstance(exc, grpc.RpcError):  # reading a client stream the client abandoned
+            log.debug("%s: the client went away mid-stream", method.__name__)
+            context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
         log.exception("unexpected error in %s", method.__name__)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 

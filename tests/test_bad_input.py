@@ -573,7 +573,8 @@ def test_malformed_put_streams_store_nothing(raw: Raw) -> None:
 
 
 def test_cancelled_put_stream_stores_nothing(raw: Raw) -> None:
-    """A client that cancels a PutStream half way leaves no object behind."""
+    """A client that cancels a PutStream half way leaves no object behind (and no traceback
+    in the server's log)."""
     stub = raw.stub
     release = threading.Event()
     halfway = threading.Event()
@@ -597,6 +598,7 @@ def test_cancelled_put_stream_stores_nothing(raw: Raw) -> None:
                                             timeout=CALL_TIMEOUT))
     assert stored_ids(stub) == before
     assert_serving(raw)
+    assert "Traceback" not in raw.server.log()  # a client going away is no server error
 
 
 # -- checksums -------------------------------------------------------------------------
