@@ -161,7 +161,9 @@ class Arena:
         if self.reserved + segment_size > self.capacity:
             self._drop_empty_segments()
         if self.reserved + segment_size > self.capacity:
-            raise ArenaFull(size)
+            raise ArenaFull(
+                f"a new {segment_size}-byte segment would take the arena past its capacity"
+            )
         name = f"{self.prefix}{self._next_segment}"
         self._next_segment += 1
         try:

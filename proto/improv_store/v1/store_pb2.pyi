@@ -444,20 +444,26 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size")
+    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size", "max_subscribers", "subscriber_buffer", "max_streams")
     MAX_OBJECT_SIZE_FIELD_NUMBER: _ClassVar[int]
     INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_NAME_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHM_MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
     max_object_size: int
     inline_limit: int
     max_name_length: int
     max_batch_size: int
     max_message_size: int
     shm_min_size: int
-    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ...) -> None: ...
+    max_subscribers: int
+    subscriber_buffer: int
+    max_streams: int
+    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ..., max_subscribers: _Optional[int] = ..., subscriber_buffer: _Optional[int] = ..., max_streams: _Optional[int] = ...) -> None: ...
 
 class ArenaUsage(_message.Message):
     __slots__ = ("capacity", "used", "pinned", "evictions", "segments", "sessions", "resident_objects")
@@ -512,20 +518,22 @@ class InfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ...) -> None: ...
 
 class ServerStats(_message.Message):
-    __slots__ = ("requests", "failed_requests", "commits", "commit_seconds", "committed_changes", "subscriber_lag")
+    __slots__ = ("requests", "failed_requests", "commits", "commit_seconds", "committed_changes", "subscriber_lag", "open_streams")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     COMMITS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_LAG_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     failed_requests: int
     commits: int
     commit_seconds: float
     committed_changes: int
     subscriber_lag: int
-    def __init__(self, requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., commits: _Optional[int] = ..., commit_seconds: _Optional[float] = ..., committed_changes: _Optional[int] = ..., subscriber_lag: _Optional[int] = ...) -> None: ...
+    open_streams: int
+    def __init__(self, requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., commits: _Optional[int] = ..., commit_seconds: _Optional[float] = ..., committed_changes: _Optional[int] = ..., subscriber_lag: _Optional[int] = ..., open_streams: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("prefix", "since_sequence", "transfer", "session_id")
