@@ -106,6 +106,9 @@ class StoreInfo:
     max_name_length: int
     max_batch_size: int
     shm_min_size: int
+    max_subscribers: int
+    subscriber_buffer: int
+    max_streams: int
     arena_capacity: int
     arena_used: int
     arena_pinned: int
@@ -120,6 +123,7 @@ class StoreInfo:
     commit_seconds: float
     committed_changes: int
     subscriber_lag: int
+    open_streams: int
 
     @classmethod
     def from_proto(cls, info: pb.InfoResponse) -> StoreInfo:
@@ -138,6 +142,9 @@ class StoreInfo:
             max_name_length=info.limits.max_name_length,
             max_batch_size=info.limits.max_batch_size,
             shm_min_size=info.limits.shm_min_size,
+            max_subscribers=info.limits.max_subscribers,
+            subscriber_buffer=info.limits.subscriber_buffer,
+            max_streams=info.limits.max_streams,
             arena_capacity=info.arena.capacity,
             arena_used=info.arena.used,
             arena_pinned=info.arena.pinned,
@@ -152,4 +159,5 @@ class StoreInfo:
             commit_seconds=info.stats.commit_seconds,
             committed_changes=info.stats.committed_changes,
             subscriber_lag=info.stats.subscriber_lag,
+            open_streams=info.stats.open_streams,
         )

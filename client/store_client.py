@@ -177,6 +177,7 @@ class StoreClient:
         self._local_lock = threading.Lock()
         self._local: _Local | None = None
         self._local_checked = False
+        self._put_batch: int | None = None  # items per BatchPut, within the server's limit
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -248,6 +249,7 @@ class StoreClient:
         with self._local_lock:
             if not self._local_checked:
                 info = self._grpc_call("Info", pb.InfoRequest())
+                self._put_batch = _put_batch_size(info.limits)
                 if is_colocated(info.locality_token_name, info.locality_token):
                     minimum = 1 if self.transfer == "shm" else info.limits.shm_min_size
                     lane_path = info.lane_socket if self.lane else ""
@@ -383,8 +385,10 @@ class StoreClient:
             spec = pb.ObjectSpec(name=name or "", encoding=encoded.encoding, array=encoded.array)
             batch.append((index, pb.PutRequest(spec=spec, data=encoded.to_bytes())))
         first_error: StoreError | None = None
-        for start in range(0, len(batch), _PUT_BATCH):
-            chunk = batch[start : start + _PUT_BATCH]
+        if self._put_batch is None:
+            self._put_batch = _put_batch_size(self._call("Info", pb.InfoRequest()).limits)
+        for start in range(0, len(batch), self._put_batch):
+            chunk = batch[start : start + self._put_batch]
             request = pb.BatchPutRequest(items=[item for _, item in chunk])
             response = self._call("BatchPut", request)
             for (index, _), result in zip(chunk, response.results, strict=True):
@@ -632,6 +636,11 @@ class _Local:
 
 
 _NOT_INDEXED = object()
+
+
+def _put_batch_size(limits: pb.Limits) -> int:
+    """Objects per BatchPut: ``_PUT_BATCH``, or fewer if the server's max_batch_size is lower."""
+    return min(_PUT_BATCH, limits.max_batch_size or _PUT_BATCH)
 
 
 def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[bytes]:

@@ -182,7 +182,9 @@ class Arena:
         if self.reserved + segment_size > self.capacity:
             self._drop_empty_segments()
         if self.reserved + segment_size > self.capacity:
-            raise ArenaFull(size)
+            raise ArenaFull(
+                f"a new {segment_size}-byte segment would take the arena past its capacity"
+            )
         try:
             segment = Segment.create(*self._next_name(), segment_size)
         except OSError as exc:

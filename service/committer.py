@@ -4,6 +4,10 @@ In ``sync`` mode a writer waits on the ticket of the batch its change joined;
 whatever arrives while one transaction is being fsynced forms the next batch,
 so N concurrent writers pay far fewer than N fsyncs. In ``async`` mode the
 batch is committed every interval and nobody waits.
+
+A batch that fails (a full disk) fails its ticket and is retried, together
+with whatever arrived since, until it lands: LMDB is left unchanged by a
+failed transaction, and later changes are never committed before it.
 """
 
 from __future__ import annotations
@@ -51,10 +55,13 @@ class Committer:
         group_commit: bool,
         interval: float,
         on_commit: Callable[[int], None],
+        on_failure: Callable[[list[Change], StoreError], None] | None = None,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
-        """``on_commit(sequence)`` follows each commit; ``observe(changes, seconds)`` times it."""
+        """``on_commit(sequence)`` follows each commit, ``on_failure(changes, error)`` each
+        failed one (before its ticket fails); ``observe(changes, seconds)`` times commits."""
         self._backend = backend
+        self._on_failure = on_failure
         self._observe = observe
         self._group_commit = group_commit
         self._interval = interval
@@ -124,26 +131,38 @@ class Committer:
             self._cond.wait(remaining)
 
     def _commit(self, batch: list[Change], ticket: Ticket) -> None:
-        """Write one batch; on failure tell its waiters and retry until it lands."""
-        while True:
-            started = time.perf_counter()
-            try:
-                self._backend.write(batch)
-            except Exception as exc:
-                error = (
-                    exc
-                    if isinstance(exc, StoreError)
-                    else StoreError(grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
-                )
-                log.error("commit of %d changes failed (retrying): %s", len(batch), exc)
-                ticket.resolve(error)
-                if self._closing:
-                    log.error("giving up on %d uncommitted changes at shutdown", len(batch))
-                    return
-                time.sleep(_RETRY_DELAY)
-                continue
-            if self._observe is not None:
-                self._observe(len(batch), time.perf_counter() - started)
-            self._on_commit(batch[-1].event.sequence)  # before waiters wake: they may evict
-            ticket.resolve()
+        """Write one batch; on failure tell its waiters and queue it to be retried first."""
+        started = time.perf_counter()
+        try:
+            self._backend.write(batch)
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, StoreError)
+                else StoreError(grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
+            )
+            # A full disk is reported by the store when it starts and ends, not every retry.
+            level = (
+                logging.DEBUG if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.ERROR
+            )
+            log.log(level, "commit of %d changes failed (retrying): %s", len(batch), exc)
+            if self._on_failure is not None:
+                self._on_failure(batch, error)
+            ticket.resolve(error)
+            self._retry_later(batch)
             return
+        if self._observe is not None:
+            self._observe(len(batch), time.perf_counter() - started)
+        self._on_commit(batch[-1].event.sequence)  # before waiters wake: they may evict
+        ticket.resolve()
+
+    def _retry_later(self, batch: list[Change]) -> None:
+        """Put a failed batch back in front of the queue and pause before the next attempt."""
+        with self._cond:
+            if self._closing:
+                log.error("giving up on %d uncommitted changes at shutdown", len(batch))
+                return
+            self._pending[:0] = batch
+            deadline = time.monotonic() + _RETRY_DELAY
+            while not self._closing and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)

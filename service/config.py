@@ -31,6 +31,7 @@ class ServerConfig:
     event_retention: int = 100_000
     subscriber_buffer: int = 10_000
     max_subscribers: int = 64
+    max_streams: int = 48
     max_workers: int = 128
     initial_map_size: int = 1 * GiB
     memory: int | None = None
@@ -79,6 +80,14 @@ class ServerConfig:
                 f"refusing to listen on {self.listen} without TLS or a token: anyone who"
                 " can reach it could read and change the store. Give --tls-cert/--tls-key"
                 " or --token-file, or --insecure to accept that"
+            )
+        for limit in ("max_name_length", "max_batch_size", "max_subscribers", "max_streams"):
+            if getattr(self, limit) < 1:
+                raise ValueError(f"{limit} must be at least 1")
+        if self.max_subscribers + self.max_streams >= self.max_workers:
+            raise ValueError(
+                "max_subscribers + max_streams must be below max_workers: every open stream"
+                " holds a server thread, and unary calls need some left"
             )
 
     def open_to_network(self) -> bool:
@@ -203,6 +212,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest payload accepted, e.g. 2G (IMPROV_STORE_MAX_OBJECT_SIZE)",
     )
     add(
+        "--max-name-length",
+        type=int,
+        default=_env("max_name_length", d.max_name_length),
+        help="longest object name (and List/Subscribe prefix) in UTF-8 bytes; longer is"
+        " INVALID_ARGUMENT (IMPROV_STORE_MAX_NAME_LENGTH)",
+    )
+    add(
+        "--max-batch-size",
+        type=int,
+        default=_env("max_batch_size", d.max_batch_size),
+        help="most refs in a BatchGet or items in a BatchPut; more is INVALID_ARGUMENT"
+        " (IMPROV_STORE_MAX_BATCH_SIZE)",
+    )
+    add(
         "--event-retention",
         type=int,
         default=_env("event_retention", d.event_retention),
@@ -218,7 +241,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-subscribers",
         type=int,
         default=_env("max_subscribers", d.max_subscribers),
-        help="concurrent Subscribe streams (IMPROV_STORE_MAX_SUBSCRIBERS)",
+        help="concurrent Subscribe streams; more is RESOURCE_EXHAUSTED"
+        " (IMPROV_STORE_MAX_SUBSCRIBERS)",
+    )
+    add(
+        "--max-streams",
+        type=int,
+        default=_env("max_streams", d.max_streams),
+        help="concurrent PutStream, GetStream and Session streams; more is RESOURCE_EXHAUSTED"
+        " (IMPROV_STORE_MAX_STREAMS)",
     )
     add(
         "--max-workers",
@@ -293,9 +324,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         durability=args.durability,
         commit_interval=float(args.commit_interval),
         max_object_size=args.max_object_size,
+        max_name_length=int(args.max_name_length),
+        max_batch_size=int(args.max_batch_size),
         event_retention=int(args.event_retention),
         subscriber_buffer=int(args.subscriber_buffer),
         max_subscribers=int(args.max_subscribers),
+        max_streams=int(args.max_streams),
         max_workers=int(args.max_workers),
         initial_map_size=args.initial_map_size,
         memory=args.memory,

@@ -20,13 +20,14 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import crc32c
 import grpc
 import lmdb
+from google.protobuf.message import DecodeError
 
 from improv_store.v1 import store_pb2 as pb
 
@@ -39,6 +40,13 @@ _LAST_SEQUENCE = b"last_sequence"
 _RESERVED_SEQUENCE = b"reserved_sequence"
 _TRIMMED_THROUGH = b"trimmed_through"
 _PAGE_OVERHEAD = 4096
+# An EIO from a write means a full disk when less than the write's payloads plus
+# this is free: LMDB reports a short write (what a full disk causes) as EIO.
+_DISK_FULL_MARGIN = 1 << 20
+# How often a reader adopts a map a running server keeps growing before giving up.
+_RESIZE_ATTEMPTS = 100
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,21 +60,6 @@ class Change:
     @property
     def payload_bytes(self) -> int:
         return len(self.stored[1]) if self.stored else 0
-
-
-def _outlived(changes: Sequence[Change]) -> set[int]:
-    """Positions of changes storing an object that a later change in ``changes`` removes."""
-    last_removal: dict[bytes, int] = {}
-    for position, change in enumerate(changes):
-        for object_id in change.removed:
-            last_removal[object_id] = position
-    if not last_removal:
-        return set()
-    return {
-        position
-        for position, change in enumerate(changes)
-        if change.stored is not None and last_removal.get(change.stored[0].id, -1) > position
-    }
 
 
 @dataclass
@@ -162,36 +155,40 @@ class LmdbBackend:
     def write(self, changes: Sequence[Change]) -> None:
         """Apply changes in one transaction and fsync it; grow the map when it is full.
 
-        An object that a later change of the same batch removes (a frame put,
-        read and deleted between two commits) is not written at all: the
-        transaction ends in the same state without its payload crossing the disk.
+        A full disk is RESOURCE_EXHAUSTED; the transaction is then undone whole.
         """
-        outlived = _outlived(changes)
-        needed = sum(
-            change.payload_bytes
-            for position, change in enumerate(changes)
-            if position not in outlived
-        )
+        needed = sum(change.payload_bytes for change in changes)
         self._grow_if_short(needed)
         while True:
             try:
                 with self._resize.shared():
-                    self._write_once(changes, outlived)
+                    self._write_once(changes)
                 return
             except lmdb.MapFullError:
                 self._grow(self._env.info()["map_size"] + needed)
             except lmdb.Error as exc:
-                if _is_disk_full(exc):
-                    raise exhausted(f"disk full under {self.path}: {exc}") from exc
+                self._raise_if_disk_full(exc, needed)
                 raise
 
-    def _write_once(self, changes: Sequence[Change], outlived: set[int]) -> None:
+    def _raise_if_disk_full(self, exc: lmdb.Error, needed: int) -> None:
+        """RESOURCE_EXHAUSTED if ``exc`` came from the disk being full."""
+        if _is_disk_full(exc, self.path, needed):
+            raise exhausted(
+                f"disk full under {self.path} ({exc}); free space or delete objects"
+            ) from exc
+
+    def _write_once(self, changes: Sequence[Change]) -> None:
+        # A payload whose object a later change of this batch removes is never written.
+        removed_at = {
+            object_id: index for index, change in enumerate(changes) for object_id in change.removed
+        }
         with self._env.begin(write=True) as txn:
-            for position, change in enumerate(changes):
-                if change.stored is not None and position not in outlived:
+            for index, change in enumerate(changes):
+                if change.stored is not None:
                     meta, payload = change.stored
-                    txn.put(meta.id, payload, db=self._payloads)
-                    txn.put(meta.id, meta.SerializeToString(), db=self._objects)
+                    if removed_at.get(meta.id, -1) < index:
+                        txn.put(meta.id, payload, db=self._payloads)
+                        txn.put(meta.id, meta.SerializeToString(), db=self._objects)
                 for object_id in change.removed:
                     txn.delete(object_id, db=self._payloads)
                     txn.delete(object_id, db=self._objects)
@@ -219,8 +216,12 @@ class LmdbBackend:
         After a crash the counter resumes past the reservation, so a number a
         subscriber may already have seen is never given to a different change.
         """
-        with self._resize.shared(), self._env.begin(write=True, db=self._state) as txn:
-            txn.put(_RESERVED_SEQUENCE, _U64.pack(through))
+        try:
+            with self._resize.shared(), self._env.begin(write=True, db=self._state) as txn:
+                txn.put(_RESERVED_SEQUENCE, _U64.pack(through))
+        except lmdb.Error as exc:
+            self._raise_if_disk_full(exc, 0)
+            raise
 
     def _grow_if_short(self, needed: int) -> None:
         info = self._env.info()
@@ -246,11 +247,12 @@ class LmdbBackend:
             buffer = txn.get(meta.id)
             if buffer is None:
                 return False
-            if len(buffer) != meta.size:
-                raise _corrupted(meta)
+            if len(buffer) != len(target):
+                raise corrupted(meta, payload_problem(meta, buffer) or "size differs")
             target[:] = buffer
-        if crc32c.crc32c(target) != meta.crc32c:
-            raise _corrupted(meta)
+        problem = payload_problem(meta, target)
+        if problem is not None:
+            raise corrupted(meta, problem)
         return True
 
     def read_events(self, first: int, last: int, batch: int = 512) -> Iterator[pb.Event]:
@@ -284,17 +286,137 @@ class LmdbBackend:
     def close(self, last_sequence: int | None = None) -> None:
         """Release the reservation (a clean stop needs no gap) and close the environment."""
         if last_sequence is not None:
-            self.reserve_sequences(last_sequence)
+            try:
+                self.reserve_sequences(last_sequence)
+            except StoreError as exc:  # only leaves a gap in the sequence
+                log.warning("could not release the sequence reservation: %s", exc.message)
         self._env.sync(True)
         self._env.close()
         self._lock_file.close()
 
 
-def _corrupted(meta: pb.ObjectMeta) -> StoreError:
+@dataclass(frozen=True)
+class Checked:
+    """The outcome of checking one stored object (``problem`` None when it is sound)."""
+
+    object_id: bytes
+    name: str
+    size: int
+    problem: str | None
+
+
+class DataDirectoryReader:
+    """Read-only access to a data directory, to check every payload against its metadata.
+
+    Safe beside a server running on the same directory: LMDB readers neither
+    block nor disturb its writer. Objects are read in short transactions, so
+    a long check does not keep the server from reusing freed pages (it sees
+    each object as of the moment it is read).
+    """
+
+    def __init__(self, path: str) -> None:
+        if not os.path.isfile(os.path.join(path, "data.mdb")):
+            raise FileNotFoundError(f"no improv-store data (data.mdb) in {path}")
+        self._env = lmdb.open(
+            path, readonly=True, create=False, max_dbs=4, readahead=False, max_readers=512
+        )
+        try:
+            self._payloads = self._adopting_map_size(
+                lambda: self._env.open_db(b"payloads", create=False)
+            )
+            self._objects = self._adopting_map_size(
+                lambda: self._env.open_db(b"objects", create=False)
+            )
+        except lmdb.Error:
+            self._env.close()
+            raise
+
+    def __enter__(self) -> DataDirectoryReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._env.close()
+
+    def check_objects(self, batch: int = 64) -> Iterator[Checked]:
+        """Every object's payload checked against its size and CRC32C, in ID order."""
+        yield from self._scan(self._objects, self._check_object, batch)
+
+    def orphan_payloads(self, batch: int = 1024) -> Iterator[Checked]:
+        """Payloads stored without metadata (the two are only ever written together)."""
+        for checked in self._scan(self._payloads, self._check_orphan, batch):
+            if checked.problem is not None:
+                yield checked
+
+    def _check_object(self, txn: lmdb.Transaction, object_id: bytes, value: bytes) -> Checked:
+        try:
+            meta = pb.ObjectMeta.FromString(bytes(value))
+        except DecodeError as exc:
+            return Checked(object_id, "", 0, f"its metadata cannot be read: {exc}")
+        payload = txn.get(object_id, db=self._payloads)
+        problem = "its payload is missing" if payload is None else payload_problem(meta, payload)
+        return Checked(object_id, meta.name, meta.size, problem)
+
+    def _check_orphan(self, txn: lmdb.Transaction, object_id: bytes, value: bytes) -> Checked:
+        if txn.get(object_id, db=self._objects) is not None:
+            return Checked(object_id, "", len(value), None)
+        return Checked(object_id, "", len(value), "a payload without metadata")
+
+    def _scan(
+        self,
+        db: object,
+        check: Callable[[lmdb.Transaction, bytes, bytes], Checked],
+        batch: int,
+    ) -> Iterator[Checked]:
+        """``check`` applied to every entry of ``db``, ``batch`` entries per transaction."""
+        after: bytes | None = None
+        while True:
+            results = []
+            with self._reading() as txn:
+                cursor = txn.cursor(db=db)
+                found = cursor.set_range(after) if after is not None else cursor.first()
+                if found and after is not None and bytes(cursor.key()) == after:
+                    found = cursor.next()
+                while found and len(results) < batch:
+                    key = bytes(cursor.key())
+                    results.append(check(txn, key, cursor.value()))
+                    after = key
+                    found = cursor.next()
+            yield from results
+            if not found:
+                return
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction on the database as it is now."""
+        with self._adopting_map_size(lambda: self._env.begin(buffers=True)) as txn:
+            yield txn
+
+    def _adopting_map_size(self, begin: Callable[[], T]) -> T:
+        """``begin()``, which starts a transaction, retried after adopting the map size
+        when a running server has grown the database past this reader's map."""
+        for _ in range(_RESIZE_ATTEMPTS):
+            try:
+                return begin()
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+        return begin()
+
+
+def payload_problem(meta: pb.ObjectMeta, payload: bytes | memoryview) -> str | None:
+    """Why a payload read back does not match its metadata (size, CRC32C), or None."""
+    if len(payload) != meta.size:
+        return f"the payload is {len(payload)} bytes, its metadata says {meta.size}"
+    checksum = crc32c.crc32c(payload)
+    if checksum != meta.crc32c:
+        return f"its CRC32C is {checksum:#010x}, its metadata says {meta.crc32c:#010x}"
+    return None
+
+
+def corrupted(meta: pb.ObjectMeta, problem: str) -> StoreError:
+    """DATA_LOSS naming the object (ID and name) whose stored payload is damaged."""
     return StoreError(
         grpc.StatusCode.DATA_LOSS,
-        f"object {meta.id.hex()} ({meta.name or 'unnamed'}) is corrupted on disk:"
-        " its checksum does not match",
+        f"object {meta.id.hex()} ({meta.name or 'unnamed'}) is corrupted on disk: {problem}",
     )
 
 
@@ -302,10 +424,22 @@ def _read_u64(value: bytes | None) -> int:
     return _U64.unpack(value)[0] if value else 0
 
 
-def _is_disk_full(exc: lmdb.Error) -> bool:
-    return (
-        isinstance(exc, lmdb.DiskError) or f"{errno.ENOSPC}" in str(exc) or "No space" in str(exc)
-    )
+def _is_disk_full(exc: lmdb.Error, path: str, needed: int) -> bool:
+    """Whether a failed write failed for lack of space under ``path``.
+
+    ENOSPC says so; LMDB turns a short write (what a full disk gives) into EIO,
+    so an EIO while less than the write needs is free counts too.
+    """
+    message = str(exc)
+    if isinstance(exc, lmdb.DiskError) or os.strerror(errno.ENOSPC) in message:
+        return True
+    if os.strerror(errno.EIO) not in message:
+        return False
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < needed + _DISK_FULL_MARGIN
 
 
 def _lock_directory(path: str) -> TextIO:

@@ -43,12 +43,12 @@ class ResidentSet:
         while True:
             try:
                 return self.arena.allocate(length)
-            except ArenaFull:
+            except ArenaFull as full:
                 if not self._evict_one():
                     raise exhausted(
                         f"shared memory full: {length} bytes needed; capacity"
                         f" {self.arena.capacity}, used {self.arena.used}, pinned"
-                        f" {self.pinned_bytes} bytes, and nothing left to evict"
+                        f" {self.pinned_bytes} bytes, and nothing left to evict ({full})"
                     ) from None
 
     def _evict_one(self) -> bool:

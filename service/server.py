@@ -28,6 +28,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 _STOP_SLACK = 5.0  # seconds to wait for gRPC's own shutdown after the grace period
+_SIGNAL_POLL = 0.2  # seconds between the main thread's checks for a stop signal
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 
@@ -208,7 +209,10 @@ def run(config: ServerConfig) -> int:
     exit_code = 0
     try:
         server.start()
-        stop_requested.wait()
+        # A timed wait: the kernel may hand SIGTERM to any thread, and Python runs the
+        # handler only when the main thread wakes, which an untimed wait never does.
+        while not stop_requested.wait(_SIGNAL_POLL):
+            pass
     except OSError as exc:  # e.g. the metrics port is taken
         log.error("cannot start: %s", exc)
         exit_code = 1

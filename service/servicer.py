@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -18,9 +19,11 @@ from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
 from . import validation
-from .errors import StoreError, invalid
+from .committer import Ticket
+from .errors import StoreError, exhausted, invalid
 from .objects import StoredObject
 from .store import Store
+from .validation import check_batch
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,52 @@ def _parsed(request: Any) -> Any:
     return request
 
 
+class StreamSlots:
+    """Counts open PutStream, GetStream and Session streams against ``max_streams``.
+
+    Each open stream holds a server thread for as long as it lasts; the limit
+    keeps threads free for unary calls however many streams clients open.
+    Subscribe streams have their own limit (``max_subscribers``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> int:
+        """Streams holding a slot now."""
+        return self._open
+
+    @contextlib.contextmanager
+    def hold(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """A slot for the stream of ``context``, given back when it ends, however it ends.
+
+        RESOURCE_EXHAUSTED when all are taken.
+        """
+        with self._lock:
+            if self._open >= self.limit:
+                raise exhausted(
+                    "too many open streams: PutStream, GetStream and Session together are"
+                    f" limited to {self.limit} (the server's max_streams)"
+                )
+            self._open += 1
+        held = [True]
+
+        def release() -> None:
+            with self._lock:
+                if held[0]:
+                    held[0] = False
+                    self._open -= 1
+
+        context.add_callback(release)  # a cancelled stream may never resume its handler
+        try:
+            yield
+        finally:
+            release()
+
+
 def _wait_seconds(request: Any, context: grpc.ServicerContext) -> float:
     """The requested wait, capped by the call's own deadline."""
     if not request.HasField("wait"):
@@ -123,6 +172,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self._lane_socket = lane_socket
         self._inline_limit = store.config.inline_limit
         self._shm_min_size = store.config.shm_min_size
+        self._streams = StreamSlots(store.config.max_streams)
 
     def _wants_handle(self, transfer: int, session_id: str, size: int) -> bool:
         """Whether this payload goes by shared memory; checks the session when it does."""
@@ -157,6 +207,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> pb.PutStreamResponse:
         """Takes serialized PutStreamRequests (``bulk_handlers``): chunks are sliced, not parsed."""
+        with self._streams.hold(context):
+            return self._put_stream(request_iterator)
+
+    def _put_stream(self, request_iterator: Iterator[bytes]) -> pb.PutStreamResponse:
         raw = next(request_iterator, None)
         first = _parse(pb.PutStreamRequest, raw) if raw is not None else None
         if first is None or first.WhichOneof("part") != "header":
@@ -165,34 +219,37 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         region = self._store.reserve(header.spec, header.size, replace=header.replace)
         try:
             checksum = _receive_chunks(request_iterator, region.view())
-            stored = self._store.insert(header.spec, region, checksum, replace=header.replace)
         except BaseException:
             self._store.discard(region)
             raise
+        stored = self._store.insert(header.spec, region, checksum, replace=header.replace)
         return pb.PutStreamResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
 
     @_statuses
     def BatchPut(
         self, request: pb.BatchPutRequest, context: grpc.ServicerContext
     ) -> pb.BatchPutResponse:
-        if len(request.items) > self._store.config.max_batch_size:
-            raise invalid(
-                f"{len(request.items)} items; a batch holds at most"
-                f" {self._store.config.max_batch_size}"
-            )
+        check_batch(len(request.items), "items", self._store.config.max_batch_size)
         response = pb.BatchPutResponse()
+        stored: list[tuple[pb.BatchPutResult, Ticket | None]] = []
         for item in request.items:
             result = response.results.add()
             data = item.data
             try:
                 self._check_inline(data)
-                result.meta.CopyFrom(self._store.put(item.spec, data, wait=False).meta)
+                put = self._store.put(item.spec, data, wait=False)
+                result.meta.CopyFrom(put.meta)
+                stored.append((result, put.ticket))
             except StoreError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     raise
-                result.code = exc.code.value[0]
-                result.message = exc.message
-        self._store.await_durable()  # one wait (and in sync mode few commits) for the batch
+                _fail_item(result, exc)
+        # In sync mode the items share a few commits: wait for them once all are queued.
+        for result, ticket in stored:
+            try:
+                self._store.await_durable(ticket)
+            except StoreError as exc:
+                _fail_item(result, exc)
         return response
 
     @_statuses
@@ -205,18 +262,19 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def Session(
         self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.SessionResponse]:
-        session_id, ended = self._store.open_session()
-        context.add_callback(lambda: self._store.close_session(session_id))
-        yield pb.SessionResponse(session_id=session_id)
-        # Releases are read on a thread of their own, so that this handler can
-        # finish the stream as soon as the store stops, whatever the client does.
-        threading.Thread(
-            target=self._read_releases,
-            args=(session_id, request_iterator),
-            name=f"session-{session_id[:8]}",
-            daemon=True,
-        ).start()
-        ended.wait()
+        with self._streams.hold(context):
+            session_id, ended = self._store.open_session()
+            context.add_callback(lambda: self._store.close_session(session_id))
+            yield pb.SessionResponse(session_id=session_id)
+            # Releases are read on a thread of their own, so that this handler can
+            # finish the stream as soon as the store stops, whatever the client does.
+            threading.Thread(
+                target=self._read_releases,
+                args=(session_id, request_iterator),
+                name=f"session-{session_id[:8]}",
+                daemon=True,
+            ).start()
+            ended.wait()
 
     def _read_releases(self, session_id: str, requests: Iterator[pb.SessionRequest]) -> None:
         try:
@@ -283,11 +341,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     ) -> Iterator[bytes]:
         """Yields serialized GetStreamResponses (``bulk_handlers``), chunks encoded by hand."""
         chunk_size = min(request.chunk_size or self._inline_limit, self._inline_limit)
-        obj = self._store.get(request.ref, _wait_seconds(request, context))
-        with self._store.read(obj) as payload:
-            yield pb.GetStreamResponse(meta=obj.meta).SerializeToString()
-            for offset in range(0, len(payload), chunk_size):
-                yield wire.encode_chunk((payload[offset : offset + chunk_size],))
+        with self._streams.hold(context):
+            obj = self._store.get(request.ref, _wait_seconds(request, context))
+            with self._store.read(obj) as payload:
+                yield pb.GetStreamResponse(meta=obj.meta).SerializeToString()
+                for offset in range(0, len(payload), chunk_size):
+                    yield wire.encode_chunk((payload[offset : offset + chunk_size],))
 
     @_statuses
     def BatchGet(
@@ -335,6 +394,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         info = self._store.info()
         info.lane_socket = self._lane_socket
+        info.stats.open_streams = self._streams.open
         if self._stats is not None:
             info.stats.MergeFrom(self._stats())
         return info
@@ -368,6 +428,13 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         except StoreError as exc:
             if exc.code != grpc.StatusCode.NOT_FOUND:
                 raise
+
+
+def _fail_item(result: pb.BatchPutResult, error: StoreError) -> None:
+    """Report one BatchPut item as refused."""
+    result.Clear()
+    result.code = error.code.value[0]
+    result.message = error.message
 
 
 def _parse(message_type: type[Message], raw: bytes) -> Any:

@@ -65,11 +65,15 @@ _DURABILITY = {
 
 @dataclass(frozen=True)
 class Stored:
-    """The outcome of a put: the new object's metadata, what it replaced, its lease if kept."""
+    """The outcome of a put: the new object's metadata, what it replaced, its lease if kept.
+
+    ``ticket`` is the commit that makes it durable (None without a disk).
+    """
 
     meta: pb.ObjectMeta
     replaced_ids: list[bytes]
     handle: pb.ShmHandle | None = None
+    ticket: Ticket | None = None
 
 
 class Store:
@@ -95,6 +99,7 @@ class Store:
         # Object IDs: 160 random bits from a generator seeded by the OS, because a
         # getrandom() call per put costs more than the rest of a small put.
         self._new_ids = random.Random(os.urandom(32))
+        self._disk_full: str | None = None  # why the last commit failed, while the disk is full
         capacity = arena_capacity(config.memory)
         self.shm = ShmNamespace(config.data_dir)
         try:
@@ -120,6 +125,7 @@ class Store:
                 group_commit=config.durability == "sync",
                 interval=config.commit_interval,
                 on_commit=self._committed,
+                on_failure=self._commit_failed,
                 observe=observe_commit,
             )
 
@@ -153,9 +159,15 @@ class Store:
             raise invalid("replace needs a name")
 
     def reserve(self, spec: pb.ObjectSpec, size: int, *, replace: bool = False) -> Region:
-        """Check a new object and allocate the region its payload will be written into."""
+        """Check a new object and allocate the region its payload will be written into.
+
+        While the disk is full (the last commit failed for lack of space) new
+        objects are refused at once: they could not be committed either.
+        """
         self.check_new(spec, size, replace=replace)
         with self._lock:
+            if self._disk_full is not None:
+                raise exhausted(f"{self._disk_full}; new objects are refused until it has room")
             if spec.id and spec.id in self._table:
                 raise _exists(spec.id)
         return self._allocate(size)
@@ -195,21 +207,22 @@ class Store:
     ) -> Stored:
         """Store one object from bytes; with ``replace``, drop the older ones of its name.
 
-        ``wait=False`` returns before a ``sync`` commit; call ``await_durable``
-        after a series of such puts to wait once for all of them.
+        ``wait=False`` returns before a ``sync`` commit; pass the result's
+        ticket to ``await_durable`` to wait for it.
         """
         region = self.reserve(spec, len(payload), replace=replace)
         try:
             region.view()[:] = payload
-            return self.insert(spec, region, crc32c.crc32c(payload), replace=replace, wait=wait)
+            checksum = crc32c.crc32c(payload)
         except BaseException:
             self.discard(region)
             raise
+        return self.insert(spec, region, checksum, replace=replace, wait=wait)
 
-    def await_durable(self) -> None:
-        """In ``sync`` mode, wait until everything stored so far is committed."""
-        if self._committer is not None and self.config.durability == "sync":
-            self._committer.commit_now().wait()
+    def await_durable(self, ticket: Ticket | None) -> None:
+        """In ``sync`` mode, wait until the commit of ``ticket`` is on disk; raise if it failed."""
+        if ticket is not None and self.config.durability == "sync":
+            ticket.wait()
 
     def insert(
         self,
@@ -221,11 +234,35 @@ class Store:
         lease_to: str | None = None,
         wait: bool = True,
     ) -> Stored:
-        """Make a filled region an object. On error the caller still owns the region.
+        """Make a filled region an object; the region is the store's from here on.
 
-        ``lease_to`` names a session that gets a lease on the new object in the
-        same step, before anyone could delete it. ``wait`` as for ``put``.
+        If the object is refused, the region is freed. ``lease_to`` names a
+        session that gets a lease on the new object in the same step, before
+        anyone could delete it. ``wait`` as for ``put``.
         """
+        try:
+            stored = self._insert(spec, region, checksum, replace, lease_to)
+        except BaseException:
+            self.discard(region)
+            raise
+        if wait:
+            try:
+                self.await_durable(stored.ticket)
+            except StoreError:
+                if stored.handle is not None and lease_to is not None:
+                    with contextlib.suppress(StoreError):
+                        self.release(lease_to, [stored.handle.lease_id])
+                raise
+        return stored
+
+    def _insert(
+        self,
+        spec: pb.ObjectSpec,
+        region: Region,
+        checksum: int,
+        replace: bool,
+        lease_to: str | None,
+    ) -> Stored:
         if spec.HasField("crc32c") and spec.crc32c != checksum:
             raise StoreError(
                 grpc.StatusCode.DATA_LOSS,
@@ -270,9 +307,7 @@ class Store:
             stored = (meta, region.view())
             ticket = self._record(Change(event=event, stored=stored, removed=replaced))
             self._changed.notify_all()
-        if wait:
-            self._await_durable(ticket)
-        return Stored(meta=meta, replaced_ids=replaced, handle=handle)
+        return Stored(meta=meta, replaced_ids=replaced, handle=handle, ticket=ticket)
 
     def delete(self, ref: pb.ObjectRef) -> list[bytes]:
         """Delete one object by ID, or every object with a name; return the deleted IDs."""
@@ -286,26 +321,40 @@ class Store:
                 ids = self._table.ids_named(ref.name)
             if not ids:
                 raise not_found(f"no object {_describe(ref)}")
+            self._reserve_sequences(len(ids))
             for object_id in ids:
-                removed = self._table.remove(object_id)
-                self._drop(removed)
-                event = pb.Event(
-                    sequence=self._next_sequence(), type=pb.EVENT_TYPE_DELETE, meta=removed.meta
-                )
-                _set_now(event.time)
-                ticket = self._record(Change(event=event, removed=(object_id,)))
-        self._await_durable(ticket)
+                ticket = self._delete_locked(object_id)
+        self.await_durable(ticket)
         return ids
+
+    def _delete_locked(self, object_id: bytes) -> Ticket | None:
+        """Remove a stored object and record its DELETE event (sequences reserved)."""
+        removed = self._table.remove(object_id)
+        self._drop(removed)
+        event = pb.Event(
+            sequence=self._next_sequence(), type=pb.EVENT_TYPE_DELETE, meta=removed.meta
+        )
+        _set_now(event.time)
+        return self._record(Change(event=event, removed=(object_id,)))
 
     def _drop(self, obj: StoredObject) -> None:
         obj.deleted = True
         self._resident.forget(obj)
 
+    def _reserve_sequences(self, count: int) -> None:
+        """Make sure the next ``count`` sequence numbers are reserved on disk.
+
+        Done before a change touches anything, so a reservation that fails
+        (a full disk) refuses the change cleanly.
+        """
+        through = self._last_sequence + count
+        if self._backend is not None and through > self._reserved_through:
+            self._backend.reserve_sequences(through + SEQUENCE_RESERVATION)
+            self._reserved_through = through + SEQUENCE_RESERVATION
+
     def _next_sequence(self) -> int:
+        self._reserve_sequences(1)
         self._last_sequence += 1
-        if self._backend is not None and self._last_sequence > self._reserved_through:
-            self._reserved_through = self._last_sequence + SEQUENCE_RESERVATION
-            self._backend.reserve_sequences(self._reserved_through)
         return self._last_sequence
 
     def _record(self, change: Change) -> Ticket | None:
@@ -313,18 +362,49 @@ class Store:
         self._hub.publish(change.event)
         return self._committer.submit(change) if self._committer else None
 
-    def _await_durable(self, ticket: Ticket | None) -> None:
-        if ticket is not None and self.config.durability == "sync":
-            ticket.wait()
-
     def _committed(self, sequence: int) -> None:
         """The committer has everything through ``sequence`` on disk."""
         self._events.committed(sequence)
         with self._lock:
+            if self._disk_full is not None:
+                log.info("commits succeed again: new objects are accepted")
+                self._disk_full = None
             while self._uncommitted and self._uncommitted[0].meta.sequence <= sequence:
                 obj = self._uncommitted.popleft()
                 obj.committing = False
                 self._resident.release_if_unused(obj)
+
+    def _commit_failed(self, changes: list[Change], error: StoreError) -> None:
+        """The committer could not write ``changes`` (it retries them); called before their
+        writers hear of it.
+
+        A full disk refuses new objects until a commit succeeds. In ``sync``
+        mode the objects of the failed commit are withdrawn (deleted, so
+        subscribers see them go), since their puts fail: nothing a client was
+        told was refused stays stored, and their payloads are never written.
+        Other failures are left to the retries.
+        """
+        if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return
+        with self._lock:
+            if self._disk_full is None:
+                log.error("%s (new objects are refused until a commit succeeds)", error.message)
+            self._disk_full = error.message
+            if self.config.durability != "sync":
+                return
+            withdrawn = [
+                change.stored[0].id
+                for change in changes
+                if change.stored is not None and change.stored[0].id in self._table
+            ]
+            try:
+                self._reserve_sequences(len(withdrawn))
+            except StoreError as exc:
+                log.error("cannot withdraw %d refused objects: %s", len(withdrawn), exc.message)
+                return
+            for object_id in withdrawn:
+                self._delete_locked(object_id)
+            self._changed.notify_all()
 
     # -- colocated writes -----------------------------------------------------------
 
@@ -351,13 +431,13 @@ class Store:
             pending = self._sessions.take_create(self._sessions.get(session_id), handle)
         try:
             checksum = crc32c.crc32c(pending.region.view())
-            return self.insert(
-                pending.spec, pending.region, checksum, replace=pending.replace,
-                lease_to=session_id if keep_lease else None,
-            )
         except BaseException:
             self.discard(pending.region)
             raise
+        return self.insert(
+            pending.spec, pending.region, checksum, replace=pending.replace,
+            lease_to=session_id if keep_lease else None,
+        )
 
     def abort(self, session_id: str, handle: pb.ShmHandle) -> None:
         """Give up a created region."""
@@ -479,8 +559,7 @@ class Store:
         self, refs: list[pb.ObjectRef], wait: float = 0.0
     ) -> list[StoredObject | StoreError]:
         """Look up several objects; each entry is the object or the error for it."""
-        if len(refs) > self.config.max_batch_size:
-            raise invalid(f"{len(refs)} refs; a batch holds at most {self.config.max_batch_size}")
+        validation.check_batch(len(refs), "refs", self.config.max_batch_size)
         deadline = time.monotonic() + wait
         results: list[StoredObject | StoreError] = []
         for ref in refs:
@@ -505,8 +584,7 @@ class Store:
 
     def list(self, prefix: str, page_size: int, page_token: str) -> tuple[list[pb.ObjectMeta], str]:
         """One page of objects whose name starts with ``prefix``, in sequence order."""
-        if len(prefix.encode()) > self.config.max_name_length:
-            raise invalid(f"prefix is longer than the name limit of {self.config.max_name_length}")
+        validation.check_prefix(prefix, self.config.max_name_length)
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             raise invalid(f"page_token {page_token[:40]!r} is not one this server issued")
         after = int(page_token) if page_token else 0
@@ -530,6 +608,9 @@ class Store:
                     max_batch_size=config.max_batch_size,
                     max_message_size=config.max_message_size,
                     shm_min_size=config.shm_min_size,
+                    max_subscribers=config.max_subscribers,
+                    subscriber_buffer=config.subscriber_buffer,
+                    max_streams=config.max_streams,
                 ),
                 object_count=len(self._table),
                 total_bytes=self._table.total_bytes,
@@ -565,12 +646,14 @@ class Store:
         The iterator ends when closed; raises RESOURCE_EXHAUSTED (with where to
         resume) if it falls behind, UNAVAILABLE when the store stops.
         """
-        if len(prefix.encode()) > self.config.max_name_length:
-            raise invalid(f"prefix is longer than the name limit of {self.config.max_name_length}")
-        if len(self._hub) >= self.config.max_subscribers:
-            raise exhausted(f"{self.config.max_subscribers} subscribers are already connected")
+        validation.check_prefix(prefix, self.config.max_name_length)
         with self._lock:
             self._check_open()
+            if len(self._hub) >= self.config.max_subscribers:
+                raise exhausted(
+                    f"too many subscribers: {self.config.max_subscribers} are already connected"
+                    " (the server's max_subscribers)"
+                )
             last = self._last_sequence
             if since is not None:
                 since = max(since, 1)

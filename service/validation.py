@@ -33,12 +33,25 @@ def check_id(object_id: bytes) -> None:
 
 
 def check_name(name: str, max_length: int) -> None:
-    """A name fits the server's limit and holds no NUL."""
+    """A name fits the server's limit (INVALID_ARGUMENT: a malformed name) and holds no NUL."""
     length = len(name.encode())
     if length > max_length:
-        raise invalid(f"name is {length} bytes; the limit is {max_length}")
+        raise invalid(f"name is {length} bytes; the limit (max_name_length) is {max_length}")
     if "\x00" in name:
         raise invalid("name must not contain NUL")
+
+
+def check_prefix(prefix: str, max_length: int) -> None:
+    """A List or Subscribe prefix is no longer than the longest name."""
+    length = len(prefix.encode())
+    if length > max_length:
+        raise invalid(f"prefix is {length} bytes; the limit (max_name_length) is {max_length}")
+
+
+def check_batch(count: int, what: str, max_batch_size: int) -> None:
+    """A batch holds at most the server's limit (INVALID_ARGUMENT: resend it split up)."""
+    if count > max_batch_size:
+        raise invalid(f"{count} {what}; a batch holds at most {max_batch_size} (max_batch_size)")
 
 
 def check_ref(ref: pb.ObjectRef, max_name_length: int) -> None:
@@ -68,7 +81,9 @@ def wait_seconds(wait: Duration) -> float:
 def check_spec(spec: pb.ObjectSpec, size: int, max_object_size: int, max_name_length: int) -> None:
     """A new object's declaration is well formed and accounts for ``size`` payload bytes."""
     if size > max_object_size:
-        raise exhausted(f"object of {size} bytes exceeds the limit of {max_object_size} bytes")
+        raise exhausted(
+            f"object of {size} bytes exceeds the limit of {max_object_size} bytes (max_object_size)"
+        )
     if spec.id:
         check_id(spec.id)
     check_name(spec.name, max_name_length)

@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import lmdb
 import pytest
 
-from improv_store.client import StoreClient
+from improv_store.client import ObjectID, StoreClient
 from improv_store.service.arena import remove_stale_segments
 from improv_store.service.launch import wait_until_serving
 from improv_store.service.locality import store_prefix
@@ -70,6 +72,30 @@ class ServerProcess:
         self.process.wait(10)
 
 
+@contextlib.contextmanager
+def edit_store(data_dir: str) -> Iterator[tuple[lmdb.Transaction, Any, Any]]:
+    """A write transaction on a stopped server's LMDB, with its payloads and objects databases.
+
+    For tests that damage the store behind the server's back.
+    """
+    size = os.path.getsize(os.path.join(data_dir, "data.mdb"))
+    env = lmdb.open(data_dir, max_dbs=4, map_size=2 * size + (64 << 20))
+    try:
+        payloads, objects = env.open_db(b"payloads"), env.open_db(b"objects")
+        with env.begin(write=True) as txn:
+            yield txn, payloads, objects
+    finally:
+        env.close()
+
+
+def corrupt_payload(data_dir: str, object_id: ObjectID) -> None:
+    """Flip one byte of a stored payload behind the (stopped) server's back."""
+    with edit_store(data_dir) as (txn, payloads, _):
+        payload = bytearray(txn.get(object_id.binary(), db=payloads))
+        payload[len(payload) // 2] ^= 0xFF
+        txn.put(object_id.binary(), bytes(payload), db=payloads)
+
+
 def wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> None:
     """Wait for health SERVING, failing with the server's log if it died or never answered."""
     wait_until_serving(process, address, START_TIMEOUT, log_path.read_text)
@@ -77,11 +103,13 @@ def wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> Non
 
 @contextlib.contextmanager
 def server_factory(base_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: ``start(*extra_flags, durability=, data_dir=, env=, socket_path=)``.
+    """Factory: ``start(*extra_flags, durability=, data_dir=, env=, socket_path=, wrapper=)``.
 
     Data and logs go under ``base_dir``. Every server it starts is stopped on
     exit (killed if SIGTERM does not end it). Passing an earlier server's
     ``data_dir`` (and ``socket_path``) restarts on its data (and at its address).
+    ``wrapper`` is a command that runs the server (it must exec it, so that the
+    PID is the server's).
     """
     started: list[ServerProcess] = []
     socket_dir = tempfile.mkdtemp(prefix="is-", dir="/tmp")  # short: sun_path is 108 bytes
@@ -92,6 +120,7 @@ def server_factory(base_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
         data_dir: str | None = None,
         env: dict[str, str] | None = None,
         socket_path: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> ServerProcess:
         index = len(started)
         socket_path = socket_path or os.path.join(socket_dir, f"s{index}.sock")
@@ -99,6 +128,7 @@ def server_factory(base_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
         data_dir = data_dir or str(base_dir / f"data{index}")
         log_path = base_dir / f"server{index}.log"
         args = [
+            *wrapper,
             sys.executable,
             "-m",
             "improv_store.service",

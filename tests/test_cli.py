@@ -345,7 +345,8 @@ def test_serve_help_lists_flags_and_variables() -> None:
     text = " ".join(result.stdout.decode().split())  # undo argparse's line wrapping
     for flag in ("socket", "listen", "data-dir", "durability", "commit-interval",
                  "max-object-size", "event-retention", "subscriber-buffer",
-                 "max-subscribers", "max-workers", "initial-map-size", "log-level"):
+                 "max-subscribers", "max-workers", "initial-map-size", "log-level",
+                 "max-name-length", "max-batch-size", "max-streams"):
         assert f"--{flag}" in text
         assert f"IMPROV_STORE_{flag.upper().replace('-', '_')}" in text
 

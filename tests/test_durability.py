@@ -12,14 +12,17 @@ import crc32c
 import lmdb
 import numpy as np
 import pytest
+from conftest import corrupt_payload
+from test_verify import CLEAN, verify
 
 from improv_store.client import DataCorrupted, ObjectID, StoreClient, StoreError
 
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def write_until_failure(address: str, ledger: str, writer: int) -> None:
-    """Child process: put objects until the server dies; log each acknowledged put.
+def write_until_failure(address: str, ledger: str, writer: int, max_size: int = 16_384) -> None:
+    """Child process: put objects (1 to ``max_size`` bytes) until the server dies; log each
+    acknowledged put.
 
     A line is written only after the put returned, so the ledger lists exactly
     the puts the server acknowledged.
@@ -27,7 +30,7 @@ def write_until_failure(address: str, ledger: str, writer: int) -> None:
     rng = np.random.default_rng(writer)
     with StoreClient(address) as store, open(ledger, "w") as out:
         for index in range(100_000):
-            payload = rng.bytes(int(rng.integers(1, 16_384)))
+            payload = rng.bytes(int(rng.integers(1, max_size)))
             try:
                 object_id = store.put(payload, name=f"w{writer}_{index}")
             except StoreError:
@@ -54,23 +57,34 @@ def wait_for_ledgers(ledgers: list[Path], lines: int, timeout: float = 60.0) -> 
     raise AssertionError("writers did not make progress")
 
 
-def test_sync_survives_sigkill_mid_storm(start_server: Any, tmp_path: Path) -> None:
-    """sync: writers in 4 processes, SIGKILL mid-stream; every acknowledged put is back intact."""
+@pytest.mark.parametrize(
+    ("writers", "max_size", "lines"),
+    [(4, 16 << 10, 200), (2, 8 << 20, 8)],
+    ids=["small-puts", "large-commits"],
+)
+def test_sync_survives_sigkill_mid_storm(
+    start_server: Any, tmp_path: Path, writers: int, max_size: int, lines: int
+) -> None:
+    """sync: writers in separate processes, SIGKILL mid-stream (with large puts, while commits
+    of many MiB are in flight); every acknowledged put is back intact, nothing is corrupt."""
     server = start_server(durability="sync")
-    ledgers = [tmp_path / f"ledger{i}" for i in range(4)]
-    writers = [
-        SPAWN.Process(target=write_until_failure, args=(server.unix_address, str(path), i))
+    ledgers = [tmp_path / f"ledger{i}" for i in range(writers)]
+    processes = [
+        SPAWN.Process(
+            target=write_until_failure, args=(server.unix_address, str(path), i, max_size)
+        )
         for i, path in enumerate(ledgers)
     ]
-    for process in writers:
+    for process in processes:
         process.start()
-    wait_for_ledgers(ledgers, 200)
+    wait_for_ledgers(ledgers, lines)
     server.kill()
-    for process in writers:
+    for process in processes:
         process.join(30)
         assert process.exitcode == 0
     expected = acknowledged(ledgers)
-    assert len(expected) >= 800
+    assert len(expected) >= writers * lines
+    assert verify(server.data_dir).returncode == CLEAN
 
     restarted = start_server(durability="sync", data_dir=server.data_dir)
     with restarted.client() as store:
@@ -118,29 +132,25 @@ def test_async_clean_stop_keeps_everything(start_server: Any) -> None:
         assert info.object_count == 50 and info.last_sequence == last
 
 
-def test_none_restarts_empty(start_server: Any) -> None:
-    """none: memory only; nothing is written, a restart begins empty."""
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_none_restarts_empty(start_server: Any, stop: str) -> None:
+    """none: memory only; nothing is written, a restart (after a clean stop or a crash)
+    begins empty and serves."""
     server = start_server(durability="none")
     with server.client() as store:
         store.put(b"volatile", name="v")
+        store.put(os.urandom(8 << 20), name="large")
         assert store.info().durability == "none"
-    assert server.stop() == 0
+    if stop == "sigterm":
+        assert server.stop() == 0
+    else:
+        server.kill()
     assert not os.path.exists(os.path.join(server.data_dir, "data.mdb"))
     restarted = start_server(durability="none", data_dir=server.data_dir)
     with restarted.client() as store:
         assert store.info().object_count == 0
         assert list(store.list()) == []
-
-
-def corrupt_payload(data_dir: str, object_id: ObjectID) -> None:
-    """Flip one byte of a stored payload behind the server's back."""
-    env = lmdb.open(data_dir, max_dbs=4)
-    payloads = env.open_db(b"payloads")
-    with env.begin(write=True, db=payloads) as txn:
-        payload = bytearray(txn.get(object_id.binary()))
-        payload[len(payload) // 2] ^= 0xFF
-        txn.put(object_id.binary(), bytes(payload))
-    env.close()
+        assert store.get(store.put(b"served")) == b"served"
 
 
 def test_corruption_on_disk_is_detected(start_server: Any) -> None:

@@ -1,4 +1,4 @@
-"""The ``improv-store`` command: ``serve`` runs the server; the rest are client tools.
+"""The ``improv-store`` command: ``serve`` and ``verify`` are the server's, the rest the client's.
 
 This dispatcher is the one place that knows both halves, so the server never
 imports the client and the client never imports the server.
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"improv-store {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service_cli.add_parser(subparsers)
+    service_cli.add_verify_parser(subparsers)
     client_cli.add_parsers(subparsers)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -452,20 +452,26 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size")
+    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size", "max_subscribers", "subscriber_buffer", "max_streams")
     MAX_OBJECT_SIZE_FIELD_NUMBER: _ClassVar[int]
     INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_NAME_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHM_MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
     max_object_size: int
     inline_limit: int
     max_name_length: int
     max_batch_size: int
     max_message_size: int
     shm_min_size: int
-    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ...) -> None: ...
+    max_subscribers: int
+    subscriber_buffer: int
+    max_streams: int
+    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ..., max_subscribers: _Optional[int] = ..., subscriber_buffer: _Optional[int] = ..., max_streams: _Optional[int] = ...) -> None: ...
 
 class ArenaUsage(_message.Message):
     __slots__ = ("capacity", "used", "pinned", "evictions", "segments", "sessions", "resident_objects")
@@ -538,20 +544,22 @@ class ObjectIndex(_message.Message):
     def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., slot_size: _Optional[int] = ..., max_probe: _Optional[int] = ..., segment_prefix: _Optional[str] = ..., max_payload: _Optional[int] = ...) -> None: ...
 
 class ServerStats(_message.Message):
-    __slots__ = ("requests", "failed_requests", "commits", "commit_seconds", "committed_changes", "subscriber_lag")
+    __slots__ = ("requests", "failed_requests", "commits", "commit_seconds", "committed_changes", "subscriber_lag", "open_streams")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     COMMITS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_LAG_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     failed_requests: int
     commits: int
     commit_seconds: float
     committed_changes: int
     subscriber_lag: int
-    def __init__(self, requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., commits: _Optional[int] = ..., commit_seconds: _Optional[float] = ..., committed_changes: _Optional[int] = ..., subscriber_lag: _Optional[int] = ...) -> None: ...
+    open_streams: int
+    def __init__(self, requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., commits: _Optional[int] = ..., commit_seconds: _Optional[float] = ..., committed_changes: _Optional[int] = ..., subscriber_lag: _Optional[int] = ..., open_streams: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("prefix", "since_sequence", "transfer", "session_id")
