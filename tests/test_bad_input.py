@@ -9,6 +9,7 @@ corrupt another object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -80,20 +81,29 @@ def raw(server: ServerProcess) -> Iterator[Raw]:
         yield open_raw(server, channel)
 
 
-@pytest.fixture
-def raw_factory(start_server: Callable[..., ServerProcess]) -> Iterator[Callable[..., Raw]]:
-    """Start a server with extra flags and return a Raw for it; channels close at teardown."""
+@contextlib.contextmanager
+def raw_servers(start_server: Callable[..., ServerProcess]) -> Iterator[Callable[..., Raw]]:
+    """``make(*flags, env=)``: start a server and return a Raw for it; channels close on exit."""
     channels: list[grpc.Channel] = []
 
-    def make(*flags: str) -> Raw:
-        server = start_server(*flags)
+    def make(*flags: str, env: dict[str, str] | None = None) -> Raw:
+        server = start_server(*flags, env=env)
         channel = grpc.insecure_channel(server.unix_address, options=CHANNEL_OPTIONS)
         channels.append(channel)
         return open_raw(server, channel)
 
-    yield make
-    for channel in channels:
-        channel.close()
+    try:
+        yield make
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+@pytest.fixture
+def raw_factory(start_server: Callable[..., ServerProcess]) -> Iterator[Callable[..., Raw]]:
+    """Start a server with extra flags and return a Raw for it; channels close at teardown."""
+    with raw_servers(start_server) as make:
+        yield make
 
 
 def expect(code: grpc.StatusCode, call: Callable[[], Any]) -> grpc.RpcError:

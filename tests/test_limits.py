@@ -26,15 +26,14 @@ from conftest import ServerProcess
 from google.protobuf.duration_pb2 import Duration
 from test_bad_input import (
     CALL_TIMEOUT,
-    CHANNEL_OPTIONS,
     Raw,
     assert_serving,
     check_cases,
     chunk,
     expect,
     header,
-    open_raw,
     put_three_ways,
+    raw_servers,
     stored_ids,
     stream_of,
 )
@@ -51,17 +50,8 @@ SETTLE_TIMEOUT = 20.0
 @pytest.fixture
 def limited(start_server: Callable[..., ServerProcess]) -> Iterator[Callable[..., Raw]]:
     """Start a server with the given flags; a Raw (stub + neighbour object) for it."""
-    channels: list[grpc.Channel] = []
-
-    def start(*flags: str, env: dict[str, str] | None = None) -> Raw:
-        server = start_server(*flags, env=env)
-        channel = grpc.insecure_channel(server.unix_address, options=CHANNEL_OPTIONS)
-        channels.append(channel)
-        return open_raw(server, channel)
-
-    yield start
-    for channel in channels:
-        channel.close()
+    with raw_servers(start_server) as make:
+        yield make
 
 
 def colocated(raw: Raw) -> StoreClient:
