@@ -312,12 +312,12 @@ class StoreClient:
         local = self._shared_memory()
         if local is None or local.index is None or isinstance(ref, str):
             return _NOT_INDEXED
-        session = local.session
-        if session is None or not session.alive:
-            return _NOT_INDEXED
         object_id = ref.binary() if isinstance(ref, ObjectID) else bytes(ref)
-        found = local.index.read(object_id)
-        return _NOT_INDEXED if found is None else codec.decode(*found)
+        found = local.index.read(object_id)  # reading a dead server's table is harmless
+        session = local.session
+        if found is None or session is None or not session.alive:
+            return _NOT_INDEXED
+        return codec.decode(*found)
 
     def _call_with_session(
         self,
@@ -328,7 +328,7 @@ class StoreClient:
         """Call with the shared-memory session filled in; retry once if it was lost."""
         local = self._shared_memory()
         for attempt in range(2):
-            session_id = self._session(local).session_id if local else ""
+            session_id = self._session_for_call(local).session_id if local else ""
             try:
                 return self._call(method, make_request(local, session_id), extra_time), local
             except StoreError as exc:
@@ -340,12 +340,17 @@ class StoreClient:
                     stale.close()
         raise AssertionError("unreachable")
 
+    def _session_for_call(self, local: _Local) -> Session | Lane:
+        """The session a call names: the lane without a liveness probe (a call on a lost
+        one fails and is retried on a new session), else the gRPC Session stream."""
+        return self._lane(local) if local.lane_path else self._session(local)
+
     def _transfer(self) -> int:
         return pb.TRANSFER_SHM if self.transfer == "shm" else pb.TRANSFER_AUTO
 
     def _from_handle(self, local: _Local, meta: pb.ObjectMeta, handle: pb.ShmHandle) -> Any:
         """Decode a payload in place; its lease is released when the result is garbage."""
-        session = self._session(local)
+        session = local.session or self._session(local)  # the session that took the lease
         exporter = local.maps.region(handle, on_release=session.release)
         return codec.decode(meta, read_only(exporter))
 
