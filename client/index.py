@@ -85,9 +85,6 @@ class IndexReader:
             return pb.ObjectMeta.FromString(result[0]), result[1]
         return result
 
-    def close(self) -> None:
-        self._table.close()
-
 
 _EMPTY = object()
 _OTHER = object()
