@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,9 +39,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from test_lane import HEADER, RawLane
 
 from improv_store import wire
 from improv_store.service.arena import SHM_DIR
+from improv_store.service.lane import METHODS as LANE_METHODS
+from improv_store.service.lane import ONE_WAY
 from improv_store.service.locality import LOCK_SUFFIX, TOKEN_SUFFIX, store_prefix
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
@@ -809,23 +810,7 @@ def test_forged_handles_get_the_status_the_model_predicts(target: Target) -> Non
 
 # -- the local lane ------------------------------------------------------------------------
 
-LANE_HEADER = struct.Struct("<IB")
-LANE_ONE_WAY = 0x80
-LANE_REQUESTS = {
-    pb.LANE_METHOD_PUT: "Put",
-    pb.LANE_METHOD_GET: "Get",
-    pb.LANE_METHOD_BATCH_GET: "BatchGet",
-    pb.LANE_METHOD_DELETE: "Delete",
-    pb.LANE_METHOD_REPLACE: "Replace",
-    pb.LANE_METHOD_CREATE: "Create",
-    pb.LANE_METHOD_SEAL: "Seal",
-    pb.LANE_METHOD_ABORT: "Abort",
-    pb.LANE_METHOD_RELEASE: "Release",
-    pb.LANE_METHOD_INFO: "Info",
-    pb.LANE_METHOD_LIST: "List",
-    pb.LANE_METHOD_BATCH_PUT: "BatchPut",
-}
-LANE_STATUSES = {code.value[0]: code for code in Code}
+LANE_REQUESTS = {method: name for method, (name, _) in LANE_METHODS.items()}
 
 
 @st.composite
@@ -838,39 +823,6 @@ def lane_frames(draw: st.DrawFn) -> tuple[int, bool, Message | bytes]:
     else:
         request = draw(raw_messages)
     return method, draw(st.booleans()), request
-
-
-class LaneEnd:
-    """A lane connection of our own making; it sends whatever it is given."""
-
-    def __init__(self, path: str) -> None:
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.socket.settimeout(CALL_TIMEOUT)
-        self.socket.connect(path)
-        opening = pb.LaneOpenRequest().SerializeToString()
-        self.socket.sendall(LANE_HEADER.pack(len(opening) + 1, pb.LANE_METHOD_OPEN) + opening)
-        status, body = self.read()
-        assert status == Code.OK
-        self.session_id = pb.SessionResponse.FromString(body).session_id
-
-    def read(self) -> tuple[grpc.StatusCode, bytes]:
-        length, status = LANE_HEADER.unpack(self._exactly(LANE_HEADER.size))
-        return LANE_STATUSES[status], self._exactly(length - 1)
-
-    def _exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.socket.recv(size - len(data))
-            if not chunk:
-                raise ConnectionResetError("the server closed the lane")
-            data += chunk
-        return bytes(data)
-
-    def hung_up(self) -> bool:
-        try:
-            return self.socket.recv(1) == b""
-        except ConnectionResetError:
-            return True
 
 
 def lane_body(method: int, request: Message | bytes, session_id: str) -> bytes:
@@ -901,12 +853,12 @@ def test_lane_frames_and_bytes(
 ) -> None:
     """Random lane frames get OK, a named refusal or UNIMPLEMENTED (unknown method); a frame
     the lane cannot take, or bytes that are no frame, end only that connection."""
-    lane = LaneEnd(target.server.socket_path + ".lane")
+    lane = RawLane(target.server.socket_path + ".lane")
     try:
         for method, one_way, request in frames:
             body = lane_body(method, request, lane.session_id)
-            flags = LANE_ONE_WAY if one_way else 0
-            lane.socket.sendall(LANE_HEADER.pack(len(body) + 1, method | flags) + body)
+            flags = ONE_WAY if one_way else 0
+            lane.socket.sendall(HEADER.pack(len(body) + 1, method | flags) + body)
             if not one_way:
                 status, reply = lane.read()
                 if status != Code.UNIMPLEMENTED or method in LANE_REQUESTS:
@@ -914,11 +866,11 @@ def test_lane_frames_and_bytes(
                     assert_allowed(f"lane method {method}", answer, request)
         if ending in ("empty frame", "huge frame"):
             length = 0 if ending == "empty frame" else (1 << 30)
-            lane.socket.sendall(LANE_HEADER.pack(length, pb.LANE_METHOD_PUT))
+            lane.socket.sendall(HEADER.pack(length, pb.LANE_METHOD_PUT))
             assert lane.read()[0] == Code.RESOURCE_EXHAUSTED
             assert lane.hung_up()
         elif ending == "short body":
-            lane.socket.sendall(LANE_HEADER.pack(100, pb.LANE_METHOD_PUT) + garbage[:50])
+            lane.socket.sendall(HEADER.pack(100, pb.LANE_METHOD_PUT) + garbage[:50])
         elif ending == "garbage":
             lane.socket.sendall(garbage)
     finally:

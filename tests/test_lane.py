@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -20,24 +21,32 @@ from improv_store.client import ObjectNotFound, StoreClient
 from improv_store.v1 import store_pb2 as pb
 
 HEADER = struct.Struct("<IB")
-OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED = 0, 3, 5, 8, 12
+Code = grpc.StatusCode
+_CODES = {code.value[0]: code for code in Code}
 
 
 class RawLane:
-    """A lane connection that sends whatever bytes a test wants."""
+    """A lane connection that sends whatever bytes a test wants.
 
-    def __init__(self, path: str, token: str = "") -> None:
+    Opened (LANE_METHOD_OPEN with ``token``) unless ``open_session`` is False.
+    """
+
+    def __init__(self, path: str, token: str = "", *, open_session: bool = True) -> None:
         self.socket = socket.socket(socket.AF_UNIX)
         self.socket.settimeout(10)
         self.socket.connect(path)
-        opening = pb.LaneOpenRequest(token=token).SerializeToString()
-        status, body = self.call(pb.LANE_METHOD_OPEN, opening)
-        assert status == OK, body
-        self.session_id = pb.SessionResponse.FromString(body).session_id
+        self.session_id = ""
+        if open_session:
+            status, body = self.open(token)
+            assert status == Code.OK, body
+            self.session_id = pb.SessionResponse.FromString(body).session_id
 
-    def read(self) -> tuple[int, bytes]:
+    def open(self, token: str) -> tuple[grpc.StatusCode, bytes]:
+        return self.call(pb.LANE_METHOD_OPEN, pb.LaneOpenRequest(token=token).SerializeToString())
+
+    def read(self) -> tuple[grpc.StatusCode, bytes]:
         length, status = HEADER.unpack(self._exactly(HEADER.size))
-        return status, self._exactly(length - 1)
+        return _CODES[status], self._exactly(length - 1)
 
     def _exactly(self, size: int) -> bytes:
         data = b""
@@ -48,11 +57,11 @@ class RawLane:
             data += chunk
         return data
 
-    def call(self, method: int, body: bytes) -> tuple[int, bytes]:
+    def call(self, method: int, body: bytes) -> tuple[grpc.StatusCode, bytes]:
         self.socket.sendall(HEADER.pack(len(body) + 1, method) + body)
         return self.read()
 
-    def closed_by_server(self) -> bool:
+    def hung_up(self) -> bool:
         try:
             return self.socket.recv(1) == b""
         except ConnectionResetError:
@@ -81,23 +90,23 @@ def test_raw_lane_calls_and_statuses(server: Any) -> None:
     lane = RawLane(lane_path(server))
     put = pb.PutRequest(spec=pb.ObjectSpec(name="raw"), data=b"over the lane")
     status, body = lane.call(pb.LANE_METHOD_PUT, put.SerializeToString())
-    assert status == OK
+    assert status == Code.OK
     object_id = pb.PutResponse.FromString(body).meta.id
     get = pb.GetRequest(ref=pb.ObjectRef(id=object_id))
     status, body = lane.call(pb.LANE_METHOD_GET, get.SerializeToString())
-    assert status == OK and pb.GetResponse.FromString(body).data == b"over the lane"
+    assert status == Code.OK and pb.GetResponse.FromString(body).data == b"over the lane"
 
     missing = pb.GetRequest(ref=pb.ObjectRef(name="missing")).SerializeToString()
-    assert lane.call(pb.LANE_METHOD_GET, missing)[0] == NOT_FOUND
+    assert lane.call(pb.LANE_METHOD_GET, missing)[0] == Code.NOT_FOUND
     bad_id = pb.GetRequest(ref=pb.ObjectRef(id=b"short")).SerializeToString()
-    assert lane.call(pb.LANE_METHOD_GET, bad_id)[0] == INVALID_ARGUMENT
-    assert lane.call(pb.LANE_METHOD_PUT, b"\xff\xff\xff garbage")[0] == INVALID_ARGUMENT
-    assert lane.call(99, b"")[0] == UNIMPLEMENTED
-    assert lane.call(pb.LANE_METHOD_UNSPECIFIED, b"")[0] == UNIMPLEMENTED
+    assert lane.call(pb.LANE_METHOD_GET, bad_id)[0] == Code.INVALID_ARGUMENT
+    assert lane.call(pb.LANE_METHOD_PUT, b"\xff\xff\xff garbage")[0] == Code.INVALID_ARGUMENT
+    assert lane.call(99, b"")[0] == Code.UNIMPLEMENTED
+    assert lane.call(pb.LANE_METHOD_UNSPECIFIED, b"")[0] == Code.UNIMPLEMENTED
     shm_get = pb.GetRequest(ref=pb.ObjectRef(id=object_id), transfer=pb.TRANSFER_SHM,
                             session_id=lane.session_id)
     status, body = lane.call(pb.LANE_METHOD_GET, shm_get.SerializeToString())
-    assert status == OK and pb.GetResponse.FromString(body).handle.length == 13
+    assert status == Code.OK and pb.GetResponse.FromString(body).handle.length == 13
     with server.client() as store:
         assert store.get("raw") == b"over the lane"
 
@@ -113,8 +122,8 @@ def test_malformed_frames_end_only_that_connection(server: Any, frame: bytes) ->
         lane = RawLane(lane_path(server))
         lane.socket.sendall(frame)
         status, _ = lane.read()
-        assert status == RESOURCE_EXHAUSTED
-        assert lane.closed_by_server()
+        assert status == Code.RESOURCE_EXHAUSTED
+        assert lane.hung_up()
         assert (bystander.get(kept) == 1).all()
     truncated = RawLane(lane_path(server))
     truncated.socket.sendall(HEADER.pack(100, pb.LANE_METHOD_PUT) + b"short")
@@ -216,9 +225,6 @@ def test_lane_calls_are_counted_in_metrics(start_server: Any) -> None:
     assert result.returncode == 0 and "requests:" in result.stdout
 
 
-UNAUTHENTICATED = 16
-
-
 def test_lane_requires_the_token_and_the_opening_frame(start_server: Any, tmp_path: Any) -> None:
     """With --token-file, a lane connection opens only with the token (none or a wrong one
     is UNAUTHENTICATED and the server hangs up); without an opening frame it is refused too.
@@ -233,24 +239,11 @@ def test_lane_requires_the_token_and_the_opening_frame(start_server: Any, tmp_pa
         assert store.get(object_id) == b"behind the token"
         assert store.info().sessions == 1
     for token in ("", "wrong-secret"):
-        refused = socket.socket(socket.AF_UNIX)
-        refused.settimeout(10)
-        refused.connect(path)
-        refused.sendall(_frame(pb.LANE_METHOD_OPEN, token))
-        length, status = HEADER.unpack(refused.recv(HEADER.size))
-        assert status == UNAUTHENTICATED
-        refused.recv(length - 1)
-        assert refused.recv(1) == b""
-    skipped = socket.socket(socket.AF_UNIX)
-    skipped.settimeout(10)
-    skipped.connect(path)
+        refused = RawLane(path, open_session=False)
+        assert refused.open(token)[0] == Code.UNAUTHENTICATED
+        assert refused.hung_up()
+    skipped = RawLane(path, open_session=False)
     put = pb.PutRequest(data=b"no opening").SerializeToString()
-    skipped.sendall(HEADER.pack(len(put) + 1, pb.LANE_METHOD_PUT) + put)
-    assert HEADER.unpack(skipped.recv(HEADER.size))[1] == INVALID_ARGUMENT
+    assert skipped.call(pb.LANE_METHOD_PUT, put)[0] == Code.INVALID_ARGUMENT
     lane = RawLane(path, token="lane-secret")
-    assert lane.call(pb.LANE_METHOD_INFO, b"")[0] == OK
-
-
-def _frame(method: int, token: str) -> bytes:
-    body = pb.LaneOpenRequest(token=token).SerializeToString()
-    return HEADER.pack(len(body) + 1, method) + body
+    assert lane.call(pb.LANE_METHOD_INFO, b"")[0] == Code.OK
