@@ -225,12 +225,15 @@ class StoreClient:
         if lane_method is None or local is None or not local.lane_path:
             return self._grpc_call(method, request, extra_time)
         method_id, response_type = lane_method
-        try:
-            return self._lane(local).call(method_id, request, response_type)
-        except LaneClosed:
-            if getattr(request, "session_id", ""):
-                raise  # bound to the lost session: the caller renews it
-            return self._lane(local).call(method_id, request, response_type)
+        for attempt in range(2):
+            lane = self._session(local, probe=False)
+            assert isinstance(lane, Lane)
+            try:
+                return lane.call(method_id, request, response_type)
+            except LaneClosed:
+                if attempt or getattr(request, "session_id", ""):
+                    raise  # a request bound to the lost session: the caller renews it
+        raise AssertionError("unreachable")
 
     def _grpc_call(self, method: str, request: Any, extra_time: float = 0.0) -> Any:
         timeout = None if self.timeout is None else self.timeout + extra_time
@@ -262,11 +265,21 @@ class StoreClient:
                 self._local_checked = True
             return self._local
 
-    def _session(self, local: _Local) -> Session | Lane:
+    def _session(self, local: _Local, *, probe: bool = True) -> Session | Lane:
         """The session that holds this client's leases: the lane connection, if there is
-        a lane, else a gRPC Session stream. (Re)opened when missing or dead."""
+        a lane, else a gRPC Session stream. (Re)opened when missing or dead.
+
+        ``probe=False`` skips the lane's liveness probe (a system call) for calls that
+        handle a lost lane themselves: one the server left fails before sending
+        (LaneClosed), and is retried or renews its session.
+        """
         with self._local_lock:
-            if local.session is None or not local.session.alive:
+            session = local.session
+            if isinstance(session, Lane) and not probe:
+                dead = session.closed
+            else:
+                dead = session is None or not session.alive
+            if dead:
                 if local.lane_path:
                     self._open_lane(local)
                 else:
@@ -275,15 +288,6 @@ class StoreClient:
                     except grpc.RpcError as exc:
                         raise from_rpc_error(exc) from None
             return local.session
-
-    def _lane(self, local: _Local) -> Lane:
-        """The lane for a call, (re)opened only if known closed: no liveness probe, since
-        a call on a lane the server left fails before sending (LaneClosed) and is retried."""
-        with self._local_lock:
-            lane = local.session
-            if not isinstance(lane, Lane) or lane.closed:
-                lane = self._open_lane(local)
-            return lane
 
     def _open_lane(self, local: _Local) -> Lane:
         """A new lane session, and the object index of the server behind it."""
@@ -328,7 +332,7 @@ class StoreClient:
         """Call with the shared-memory session filled in; retry once if it was lost."""
         local = self._shared_memory()
         for attempt in range(2):
-            session_id = self._session_for_call(local).session_id if local else ""
+            session_id = self._session(local, probe=False).session_id if local else ""
             try:
                 return self._call(method, make_request(local, session_id), extra_time), local
             except StoreError as exc:
@@ -339,11 +343,6 @@ class StoreClient:
                 if stale is not None:
                     stale.close()
         raise AssertionError("unreachable")
-
-    def _session_for_call(self, local: _Local) -> Session | Lane:
-        """The session a call names: the lane without a liveness probe (a call on a lost
-        one fails and is retried on a new session), else the gRPC Session stream."""
-        return self._lane(local) if local.lane_path else self._session(local)
 
     def _transfer(self) -> int:
         return pb.TRANSFER_SHM if self.transfer == "shm" else pb.TRANSFER_AUTO
