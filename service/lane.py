@@ -151,16 +151,13 @@ class LaneServer:
 
     def _open(self, connection: socket.socket) -> str | None:
         """Check the opening frame and start the session; None (answered) if refused."""
-        header = _receive(connection, HEADER.size)
-        if header is None:
+        frame = self._read_frame(connection, _MAX_OPEN_FRAME)
+        if frame is None:
             return None
-        length, method = HEADER.unpack(header)
-        if method != pb.LANE_METHOD_OPEN or not 1 <= length <= _MAX_OPEN_FRAME:
+        method, body = frame
+        if method != pb.LANE_METHOD_OPEN:
             self._send(connection, grpc.StatusCode.INVALID_ARGUMENT,
                        b"a lane connection must begin with LANE_METHOD_OPEN")
-            return None
-        body = _receive(connection, length - 1)
-        if body is None:
             return None
         try:
             request = pb.LaneOpenRequest.FromString(body)
@@ -188,19 +185,12 @@ class LaneServer:
 
     def _serve_one(self, connection: socket.socket) -> bool:
         """Answer one request; False when the connection is over."""
-        header = _receive(connection, HEADER.size)
-        if header is None:
+        frame = self._read_frame(connection, self._max_frame)
+        if frame is None:
             return False
-        length, method = HEADER.unpack(header)
+        method, body = frame
         one_way = bool(method & ONE_WAY)
         method &= ~ONE_WAY
-        if not 1 <= length <= self._max_frame:
-            self._send(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"frame of {length} bytes is outside 1..{self._max_frame}".encode())
-            return False
-        body = _receive(connection, length - 1)
-        if body is None:
-            return False
         started = time.perf_counter()
         name, status, reply = self._dispatch(method, body)
         if self._record is not None:
@@ -208,6 +198,22 @@ class LaneServer:
         if not one_way:
             self._send(connection, status, reply)
         return True
+
+    def _read_frame(
+        self, connection: socket.socket, max_length: int
+    ) -> tuple[int, bytearray] | None:
+        """The next frame's method byte and body; None when the peer closed, or when the
+        frame's length is outside 1..``max_length`` (answered RESOURCE_EXHAUSTED)."""
+        header = _receive(connection, HEADER.size)
+        if header is None:
+            return None
+        length, method = HEADER.unpack(header)
+        if not 1 <= length <= max_length:
+            self._send(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"frame of {length} bytes is outside 1..{max_length}".encode())
+            return None
+        body = _receive(connection, length - 1)
+        return None if body is None else (method, body)
 
     def _dispatch(self, method: int, body: bytearray) -> tuple[str, grpc.StatusCode, bytes]:
         entry = METHODS.get(method)
