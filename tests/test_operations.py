@@ -36,7 +36,8 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
-    """A known workload moves each counter and gauge by exactly what it did."""
+    """A known workload moves each counter and gauge by exactly what it did. (The
+    subscriber-lag gauge is checked with a backlog gRPC cannot absorb, in test_subscribe.)"""
     port = free_port()
     server = start_server("--metrics-listen", f"127.0.0.1:{port}", "--memory", "32M",
                           durability="sync")
@@ -73,7 +74,6 @@ def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
     assert value(after, "improv_store_evictions_total") >= 40 - 32  # 32 MiB holds 32 frames
     assert value(after, "improv_store_arena_used_bytes") <= 32 << 20
     assert value(during, "improv_store_subscribers") == 1
-    assert value(during, "improv_store_subscriber_lag_events") >= 1  # it read one of 41+
     assert value(after, "improv_store_subscribers") == 0
     committed = value(after, "improv_store_committed_sequence")
     assert value(after, "improv_store_last_sequence") == committed
