@@ -37,7 +37,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
     """A known workload moves each counter and gauge by exactly what it did. (The
-    subscriber-lag gauge is checked with a backlog gRPC cannot absorb, in test_subscribe.)"""
+    subscriber-lag gauge has a test of its own: it needs a backlog gRPC cannot absorb.)"""
     port = free_port()
     server = start_server("--metrics-listen", f"127.0.0.1:{port}", "--memory", "32M",
                           durability="sync")
@@ -77,6 +77,32 @@ def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
     assert value(after, "improv_store_subscribers") == 0
     committed = value(after, "improv_store_committed_sequence")
     assert value(after, "improv_store_last_sequence") == committed
+
+
+def test_subscriber_lag_gauge_counts_what_a_stalled_subscriber_has_not_taken(
+    start_server: Any,
+) -> None:
+    """A subscriber that stops reading falls behind by what gRPC's buffers cannot hold:
+    with 2000 events of ~10 KiB (far more than the few MiB of flow-control windows) the
+    gauge shows it behind, and back at zero once it has read everything."""
+    port = free_port()
+    server = start_server("--metrics-listen", f"127.0.0.1:{port}")
+    labels = {f"padding{index}": "p" * 1000 for index in range(10)}
+    with server.client(transfer="inline") as store, store.subscribe("lag/") as events:
+        received = iter(events)
+        store.put(b"first", "lag/0", labels=labels)
+        next(received)
+        for index in range(1, 2000):  # the subscriber reads nothing meanwhile
+            store.put(b"frame", f"lag/{index}", labels=labels)
+        assert value(scrape(port), "improv_store_subscriber_lag_events") >= 1
+        for _ in range(1999):
+            next(received)
+        deadline = time.monotonic() + 10
+        while value(scrape(port), "improv_store_subscriber_lag_events") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        assert value(scrape(port), "improv_store_subscriber_lag_events") == 0
 
 
 def test_info_shows_the_same_at_a_glance(start_server: Any) -> None:

@@ -25,8 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerProcess, free_port
-from test_operations import scrape, value
+from conftest import ServerProcess
 
 from improv_store.client import (
     Event,
@@ -556,9 +555,8 @@ def test_stalled_subscriber_does_not_block_writers(
     """With --subscriber-buffer 50, two subscribers stall after one event while 2000 puts
     complete. The raw stream then ends with RESOURCE_EXHAUSTED and a resume trailer naming
     the first undelivered sequence; the Python Subscription resumes by itself and yields
-    every event exactly once, in order. Meanwhile the subscriber-lag gauge shows them behind."""
-    port = free_port()
-    server = start_server("--subscriber-buffer", "50", "--metrics-listen", f"127.0.0.1:{port}")
+    every event exactly once, in order."""
+    server = start_server("--subscriber-buffer", "50")
     # ~10 KiB events: gRPC itself buffers a few MiB of a stalled stream (flow-control windows)
     # before the server's send blocks and its own 50-event buffer can fill; 2000 of these
     # are several times that.
@@ -577,9 +575,6 @@ def test_stalled_subscriber_does_not_block_writers(
             ids.append(store.put(f"frame {index}".encode(), "acq_f", labels=labels).hex())
         assert len(set(ids)) == 2001
         last_sequence = store.info().last_sequence
-        # Both stalled streams hold at most a few MiB of the 2000 events: thousands are
-        # not yet handed over. (With a small backlog, gRPC may take all of it at once.)
-        assert value(scrape(port), "improv_store_subscriber_lag_events") >= 1
 
         raw_collector = Collector(raw)
         rest_raw, error = raw_collector.ending(60)
