@@ -8,6 +8,13 @@ batch is committed every interval and nobody waits.
 A batch that fails (a full disk) fails its ticket and is retried, together
 with whatever arrived since, until it lands: LMDB is left unchanged by a
 failed transaction, and later changes are never committed before it.
+
+With a write-ahead log (``sync`` mode, wal.py) a batch of small changes is
+durable once appended to the log, and the log is applied to LMDB every
+interval, when it is half full, or when the store needs the memory of
+uncommitted objects; ``on_commit`` follows those LMDB commits, since only
+then may objects be evicted. A batch too large for the log goes straight
+to LMDB, together with everything logged before it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,16 @@ import grpc
 
 from .durability import Change, LmdbBackend
 from .errors import StoreError
+from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY = 0.5
+# Longest a logged batch waits for the writers of the previous batches to come back.
+_LINGER = 250e-6
+# Batches with more payload than this skip the log: writing them twice costs more
+# than the fsyncs it saves.
+_LOGGED_PAYLOAD_LIMIT = 256 << 10
 
 
 class Ticket:
@@ -46,7 +59,7 @@ class Ticket:
 
 
 class Committer:
-    """Owns the one thread that writes to LMDB."""
+    """Owns the one thread that writes to LMDB (and to the write-ahead log, if any)."""
 
     def __init__(
         self,
@@ -57,21 +70,31 @@ class Committer:
         on_commit: Callable[[int], None],
         on_failure: Callable[[list[Change], StoreError], None] | None = None,
         observe: Callable[[int, float], None] | None = None,
+        wal: WriteAheadLog | None = None,
     ) -> None:
-        """``on_commit(sequence)`` follows each commit, ``on_failure(changes, error)`` each
-        failed one (before its ticket fails); ``observe(changes, seconds)`` times commits."""
+        """``on_commit(sequence)`` follows each LMDB commit, ``on_failure(changes, error)``
+        each failed one (before its ticket fails; ``changes`` is empty when only logged
+        changes failed to reach LMDB); ``observe(changes, seconds)`` times LMDB commits.
+        ``wal`` (with ``group_commit`` only) makes batches durable in the log first."""
         self._backend = backend
         self._on_failure = on_failure
         self._observe = observe
         self._group_commit = group_commit
         self._interval = interval
         self._on_commit = on_commit
+        self._wal = wal if group_commit else None
         self._cond = threading.Condition()
         self._pending: list[Change] = []
         self._ticket = Ticket()
         self._closing = False
         self._commit_requested = False
         self._in_flight: Ticket | None = None
+        self._logged: list[Change] = []  # in the log, not yet in LMDB
+        self._apply_by = 0.0  # when the logged changes are due in LMDB
+        self._apply_retry_at = 0.0  # after a failed attempt, not before this
+        self._applied = Ticket()  # the next commit of the logged changes to LMDB
+        self._apply_requested = False
+        self._expected = 0  # changes the next logged batch may wait for
         self._thread = threading.Thread(target=self._run, name="lmdb-committer", daemon=True)
         self._thread.start()
 
@@ -84,8 +107,12 @@ class Committer:
             return self._ticket
 
     def commit_now(self) -> Ticket:
-        """Commit what is queued without waiting for the interval; return its ticket."""
+        """Commit what is queued to LMDB without waiting for the interval; return its ticket."""
         with self._cond:
+            if self._wal is not None and (self._pending or self._in_flight or self._logged):
+                self._apply_requested = True
+                self._cond.notify()
+                return self._applied
             if self._pending:
                 self._commit_requested = True
                 self._cond.notify()
@@ -108,20 +135,33 @@ class Committer:
             with self._cond:
                 self._wait_for_batch()
                 if not self._pending and self._closing:
-                    return
+                    break
                 batch, self._pending = self._pending, []
                 ticket, self._ticket = self._ticket, Ticket()
                 self._commit_requested = False
                 self._in_flight = ticket if batch else None
             if batch:
-                self._commit(batch, ticket)
+                if not self._log(batch, ticket):
+                    self._commit(batch, ticket)
                 with self._cond:
                     self._in_flight = None
+            if self._apply_due():
+                self._apply_logged()
+        if self._logged:
+            self._apply_retry_at = 0.0
+            self._apply_logged()
+            if self._logged:
+                log.error("%d changes stay in the write-ahead log; they are applied to LMDB"
+                          " when the store next starts", len(self._logged))
 
     def _wait_for_batch(self) -> None:
         if self._group_commit:
             while not self._pending and not self._closing:
-                self._cond.wait()
+                due = self._apply_time()
+                if due is not None and due <= time.monotonic():
+                    return
+                self._cond.wait(None if due is None else due - time.monotonic())
+            self._linger()
             return
         deadline = time.monotonic() + self._interval
         while not (self._closing or self._commit_requested):
@@ -130,31 +170,101 @@ class Committer:
                 return
             self._cond.wait(remaining)
 
+    def _linger(self) -> None:
+        """Give writers just answered a moment to send their next change, so that
+        concurrent writers share one fsync instead of taking turns in two groups."""
+        if self._wal is None:
+            return
+        deadline = time.monotonic() + _LINGER
+        while (len(self._pending) < self._expected and not self._closing
+               and (remaining := deadline - time.monotonic()) > 0):
+            self._cond.wait(remaining)
+
+    def _log(self, batch: list[Change], ticket: Ticket) -> bool:
+        """Make a batch of small changes durable in the write-ahead log; False if it is
+        not for the log (too large, no room, no log, or the log cannot be written)."""
+        if self._wal is None or sum(c.payload_bytes for c in batch) > _LOGGED_PAYLOAD_LIMIT:
+            return False
+        try:
+            if not self._wal.append(batch):
+                return False
+        except OSError as exc:
+            log.warning("write-ahead log append failed, committing to LMDB instead: %s", exc)
+            return False
+        if not self._logged:
+            self._apply_by = time.monotonic() + self._interval
+        self._logged += batch
+        with self._cond:  # its writers, and those already waiting, will want the next fsync
+            self._expected = len(batch) + len(self._pending)
+        ticket.resolve()
+        return True
+
+    def _apply_time(self) -> float | None:
+        """When the logged changes are due in LMDB (monotonic); None if nothing is logged."""
+        if not self._logged:
+            return None
+        assert self._wal is not None
+        urgent = self._closing or self._apply_requested or self._wal.used * 2 >= self._wal.size
+        return max(0.0 if urgent else self._apply_by, self._apply_retry_at)
+
+    def _apply_due(self) -> bool:
+        due = self._apply_time()
+        return due is not None and due <= time.monotonic()
+
+    def _write(self, changes: list[Change]) -> None:
+        """Commit ``changes`` to LMDB, after everything logged; the log then starts over."""
+        started = time.perf_counter()
+        if self._wal is None:
+            self._backend.write(changes)
+        else:
+            changes = self._logged + changes
+            self._backend.write(changes, applied_log=self._wal.generation)
+            self._wal.restart(self._wal.generation + 1)
+            self._logged = []
+        if self._observe is not None:
+            self._observe(len(changes), time.perf_counter() - started)
+        self._on_commit(changes[-1].event.sequence)  # before waiters wake: they may evict
+        self._answer_apply_requests()
+
+    def _apply_logged(self) -> None:
+        """Commit the logged changes to LMDB; on failure they stay logged (and durable)."""
+        try:
+            self._write([])
+        except Exception as exc:
+            error = self._report(exc, [], f"{len(self._logged)} logged changes")
+            self._apply_retry_at = time.monotonic() + _RETRY_DELAY
+            self._answer_apply_requests(error)
+
+    def _answer_apply_requests(self, error: StoreError | None = None) -> None:
+        """Tell commit_now's waiters that the logged changes reached LMDB, or failed to."""
+        with self._cond:
+            applied, self._applied = self._applied, Ticket()
+            self._apply_requested = False
+        applied.resolve(error)
+
     def _commit(self, batch: list[Change], ticket: Ticket) -> None:
         """Write one batch; on failure tell its waiters and queue it to be retried first."""
-        started = time.perf_counter()
         try:
-            self._backend.write(batch)
+            self._write(batch)
         except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, StoreError)
-                else StoreError(grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
-            )
-            # A full disk is reported by the store when it starts and ends, not every retry.
-            level = (
-                logging.DEBUG if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.ERROR
-            )
-            log.log(level, "commit of %d changes failed (retrying): %s", len(batch), exc)
-            if self._on_failure is not None:
-                self._on_failure(batch, error)
-            ticket.resolve(error)
+            ticket.resolve(self._report(exc, batch, f"{len(batch)} changes"))
             self._retry_later(batch)
             return
-        if self._observe is not None:
-            self._observe(len(batch), time.perf_counter() - started)
-        self._on_commit(batch[-1].event.sequence)  # before waiters wake: they may evict
         ticket.resolve()
+
+    def _report(self, exc: Exception, batch: list[Change], what: str) -> StoreError:
+        """Log a failed commit, tell ``on_failure``, and return the error as a StoreError."""
+        error = (
+            exc
+            if isinstance(exc, StoreError)
+            else StoreError(grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
+        )
+        # A full disk is reported by the store when it starts and ends, not every retry.
+        level = logging.DEBUG if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.ERROR
+        log.log(level, "commit of %s failed (retrying): %s", what, exc)
+        if self._on_failure is not None:
+            self._on_failure(batch, error)
+        return error
 
     def _retry_later(self, batch: list[Change]) -> None:
         """Put a failed batch back in front of the queue and pause before the next attempt."""

@@ -23,6 +23,7 @@ class ServerConfig:
     data_dir: str = "./improv-store-data"
     durability: str = "async"
     commit_interval: float = 0.1
+    wal_size: int = 4 * MiB
     max_object_size: int = 2 * GiB
     inline_limit: int = 4 * MiB
     max_message_size: int = 32 * MiB
@@ -62,6 +63,8 @@ class ServerConfig:
             raise ValueError("inline_limit must leave 1 MiB of headroom below max_message_size")
         if self.commit_interval <= 0:
             raise ValueError("commit_interval must be positive")
+        if self.wal_size < 0:
+            raise ValueError("wal_size must be 0 (off) or positive")
         if self.event_retention < 1 or self.subscriber_buffer < 1:
             raise ValueError("event_retention and subscriber_buffer must be at least 1")
         slots = self.index_slots
@@ -203,7 +206,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--commit-interval",
         type=float,
         default=_env("commit_interval", d.commit_interval),
-        help="seconds between background commits in async mode (IMPROV_STORE_COMMIT_INTERVAL)",
+        help="seconds between background commits in async mode, and between applying the"
+        " write-ahead log to LMDB in sync mode (IMPROV_STORE_COMMIT_INTERVAL)",
+    )
+    add(
+        "--wal-size",
+        type=parse_size,
+        default=_env("wal_size", d.wal_size),
+        help="sync mode: size of the preallocated write-ahead log that makes small writes"
+        " durable with one fsync; 0: commit each batch to LMDB instead (IMPROV_STORE_WAL_SIZE)",
     )
     add(
         "--max-object-size",
@@ -323,6 +334,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         data_dir=args.data_dir,
         durability=args.durability,
         commit_interval=float(args.commit_interval),
+        wal_size=args.wal_size,
         max_object_size=args.max_object_size,
         max_name_length=int(args.max_name_length),
         max_batch_size=int(args.max_batch_size),

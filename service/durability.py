@@ -39,6 +39,7 @@ _U64 = struct.Struct(">Q")
 _LAST_SEQUENCE = b"last_sequence"
 _RESERVED_SEQUENCE = b"reserved_sequence"
 _TRIMMED_THROUGH = b"trimmed_through"
+_APPLIED_LOG = b"applied_log_generation"  # the write-ahead log's, see wal.py
 _PAGE_OVERHEAD = 4096
 # An EIO from a write means a full disk when less than the write's payloads plus
 # this is free: LMDB reports a short write (what a full disk causes) as EIO.
@@ -137,6 +138,7 @@ class LmdbBackend:
         self._state = self._env.open_db(b"state")
         self._resize = _ResizeLock()
         self.trimmed_through = self._read_counter(_TRIMMED_THROUGH)
+        self.applied_log_generation = self._read_counter(_APPLIED_LOG)
 
     # -- recovery -----------------------------------------------------------------
 
@@ -152,17 +154,21 @@ class LmdbBackend:
 
     # -- writing ------------------------------------------------------------------
 
-    def write(self, changes: Sequence[Change]) -> None:
+    def write(self, changes: Sequence[Change], *, applied_log: int | None = None) -> None:
         """Apply changes in one transaction and fsync it; grow the map when it is full.
 
-        A full disk is RESOURCE_EXHAUSTED; the transaction is then undone whole.
+        ``applied_log`` records that these changes include every one the
+        write-ahead log holds of that generation. A full disk is
+        RESOURCE_EXHAUSTED; the transaction is then undone whole.
         """
         needed = sum(change.payload_bytes for change in changes)
         self._grow_if_short(needed)
         while True:
             try:
                 with self._resize.shared():
-                    self._write_once(changes)
+                    self._write_once(changes, applied_log)
+                if applied_log is not None:
+                    self.applied_log_generation = applied_log
                 return
             except lmdb.MapFullError:
                 self._grow(self._env.info()["map_size"] + needed)
@@ -177,7 +183,7 @@ class LmdbBackend:
                 f"disk full under {self.path} ({exc}); free space or delete objects"
             ) from exc
 
-    def _write_once(self, changes: Sequence[Change]) -> None:
+    def _write_once(self, changes: Sequence[Change], applied_log: int | None) -> None:
         # A payload whose object a later change of this batch removes is never written.
         removed_at = {
             object_id: index for index, change in enumerate(changes) for object_id in change.removed
@@ -195,6 +201,8 @@ class LmdbBackend:
                 event = change.event
                 txn.put(_U64.pack(event.sequence), event.SerializeToString(), db=self._events)
             txn.put(_LAST_SEQUENCE, _U64.pack(changes[-1].event.sequence), db=self._state)
+            if applied_log is not None:
+                txn.put(_APPLIED_LOG, _U64.pack(applied_log), db=self._state)
             self._trim_events(txn)
 
     def _trim_events(self, txn: lmdb.Transaction) -> None:
@@ -327,6 +335,9 @@ class DataDirectoryReader:
             self._objects = self._adopting_map_size(
                 lambda: self._env.open_db(b"objects", create=False)
             )
+            self._state = self._adopting_map_size(
+                lambda: self._env.open_db(b"state", create=False)
+            )
         except lmdb.Error:
             self._env.close()
             raise
@@ -336,6 +347,11 @@ class DataDirectoryReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self._env.close()
+
+    def applied_log_generation(self) -> int:
+        """The last generation of the write-ahead log that LMDB holds (see wal.py)."""
+        with self._reading() as txn:
+            return _read_u64(txn.get(_APPLIED_LOG, db=self._state))
 
     def check_objects(self, batch: int = 64) -> Iterator[Checked]:
         """Every object's payload checked against its size and CRC32C, in ID order."""

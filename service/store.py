@@ -33,7 +33,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from improv_store import __version__
 from improv_store.v1 import store_pb2 as pb
 
-from . import validation
+from . import validation, wal
 from .arena import Arena, Region
 from .committer import Committer, Ticket
 from .config import ServerConfig
@@ -94,6 +94,7 @@ class Store:
         self._uncommitted: deque[StoredObject] = deque()
         self._backend: LmdbBackend | None = None
         self._committer: Committer | None = None
+        self._wal: wal.WriteAheadLog | None = None
         self._last_sequence = 0
         self._reserved_through = 0
         # Object IDs: 160 random bits from a generator seeded by the OS, because a
@@ -127,6 +128,7 @@ class Store:
                 on_commit=self._committed,
                 on_failure=self._commit_failed,
                 observe=observe_commit,
+                wal=self._wal,
             )
 
     def _recover(self) -> int:
@@ -140,6 +142,7 @@ class Store:
             initial_map_size=config.initial_map_size,
             event_retention=config.event_retention,
         )
+        self._wal = self._replay_log()
         recovered = self._backend.recover()
         for meta in recovered.objects:
             self._table.add(StoredObject(meta=meta))
@@ -149,6 +152,25 @@ class Store:
             len(self._table), self._table.total_bytes, config.data_dir, self._last_sequence,
         )
         return recovered.trimmed_through
+
+    def _replay_log(self) -> wal.WriteAheadLog | None:
+        """Apply to LMDB what the write-ahead log holds beyond it (a crash in ``sync``
+        mode); return the log, open for appending, in ``sync`` mode."""
+        assert self._backend is not None
+        path = os.path.join(self.config.data_dir, wal.WAL_FILE)
+        generation = self._backend.applied_log_generation + 1
+        logged = wal.read(path, generation)
+        if logged:
+            self._backend.write(logged, applied_log=generation)
+            generation += 1
+            log.info("applied %d changes from the write-ahead log", len(logged))
+        if self.config.durability != "sync" or not self.config.wal_size:
+            return None
+        try:
+            return wal.WriteAheadLog(path, self.config.wal_size, generation)
+        except OSError as exc:
+            log.warning("no write-ahead log (%s): each sync commit goes to LMDB", exc)
+            return None
 
     # -- writes ---------------------------------------------------------------------
 
@@ -685,6 +707,8 @@ class Store:
         self.begin_shutdown()
         if self._committer is not None:
             self._committer.close()
+        if self._wal is not None:
+            self._wal.close()
         if self._backend is not None:
             self._backend.close(last_sequence=self._last_sequence)
         if self._resident.index is not None:

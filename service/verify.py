@@ -5,16 +5,19 @@ read from disk would refuse with DATA_LOSS: bit rot, a damaged copy, a file
 edited behind the store's back. It reads without locking the directory and
 works on a stopped server's data as well as beside a running server (it then
 checks what the server has committed; objects it holds only in memory have
-no disk copy to check yet).
+no disk copy to check yet). Changes a ``sync`` server had only in its
+write-ahead log when it stopped are counted; it applies them when it starts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import lmdb
 
+from . import wal
 from .durability import Checked, DataDirectoryReader
 
 
@@ -28,6 +31,8 @@ class Report:
     corrupt: list[Checked] = field(default_factory=list)
     # Set when LMDB itself could not read on: the database structure is damaged.
     damaged: str | None = None
+    # Changes in the write-ahead log that LMDB does not hold yet.
+    logged: int = 0
 
     @property
     def clean(self) -> bool:
@@ -41,6 +46,9 @@ class Report:
         )
         if self.damaged is not None:
             line += f"; the database could not be read to the end: {self.damaged}"
+        if self.logged:
+            line += (f"; {self.logged} changes are in the write-ahead log only (the server"
+                     " applies them to the database when it starts)")
         return line
 
     def lines(self) -> list[str]:
@@ -59,6 +67,7 @@ class Report:
                 "bytes": self.bytes,
                 "clean": self.clean,
                 "damaged": self.damaged,
+                "logged": self.logged,
                 "corrupt": [
                     {"id": entry.object_id.hex(), "name": entry.name, "problem": entry.problem}
                     for entry in self.corrupt
@@ -78,6 +87,9 @@ def verify(data_dir: str) -> Report:
                 if checked.problem is not None:
                     report.corrupt.append(checked)
             report.corrupt.extend(reader.orphan_payloads())
+            generation = reader.applied_log_generation() + 1
         except lmdb.Error as exc:
             report.damaged = str(exc)
+            return report
+    report.logged = len(wal.read(os.path.join(data_dir, wal.WAL_FILE), generation))
     return report

@@ -87,6 +87,7 @@ def test_sound_store_verifies_clean(start_server: Callable[..., ServerProcess]) 
         "bytes": total,
         "clean": True,
         "damaged": None,
+        "logged": 0,
         "corrupt": [],
     }
 

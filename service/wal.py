@@ -1,0 +1,156 @@
+"""The write-ahead log of ``sync`` mode: one fsync per group commit instead of LMDB's two.
+
+A durable LMDB commit writes the pages of every tree it touched, fsyncs,
+writes a meta page and fsyncs again: about 0.5 ms for a handful of small
+objects here. Appending the same changes to a file whose blocks already
+exist, and one ``fdatasync``, costs about 0.1 ms. So in ``sync`` mode a
+group of small changes is durable once it is in this log; the committer
+applies the log to LMDB (one ordinary durable commit) every commit
+interval, or when the log fills, and then starts the log again.
+
+The log is one preallocated file, written from offset 0 after each
+checkpoint. A record is ``generation (u64), body length (u32), CRC32C
+(u32)`` and a body of encoded changes; the CRC covers the generation, the
+length and the body. LMDB remembers the last generation it has applied,
+and recovery replays the records of the next generation from offset 0 up
+to the first that does not check out (a torn write, or an older record
+that was never overwritten).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+
+import crc32c
+
+from improv_store.v1 import store_pb2 as pb
+
+from .durability import Change
+
+WAL_FILE = "wal"
+
+_RECORD = struct.Struct("<QII")  # generation, body length, CRC32C
+_CHANGE = struct.Struct("<IIII")  # event, meta (0: nothing stored), payload, removed-ID count
+_ID_LENGTH = struct.Struct("<H")
+_ZEROS = bytes(1 << 20)
+
+
+def encode(changes: Iterable[Change]) -> bytes:
+    """The body of one record."""
+    parts: list[bytes | memoryview] = []
+    for change in changes:
+        event = change.event.SerializeToString()
+        meta, payload = b"", b""
+        if change.stored is not None:
+            meta, payload = change.stored[0].SerializeToString(), change.stored[1]
+        parts += [_CHANGE.pack(len(event), len(meta), len(payload), len(change.removed)),
+                  event, meta, payload]
+        for object_id in change.removed:
+            parts += [_ID_LENGTH.pack(len(object_id)), object_id]
+    return b"".join(parts)
+
+
+def decode(body: bytes) -> Iterator[Change]:
+    """The changes of one record's body (which its CRC has vouched for)."""
+    view = memoryview(body)
+    at = 0
+    while at < len(view):
+        event_length, meta_length, payload_length, removed_count = _CHANGE.unpack_from(view, at)
+        at += _CHANGE.size
+        event = pb.Event.FromString(view[at:at + event_length])
+        at += event_length
+        stored = None
+        if meta_length:
+            meta = pb.ObjectMeta.FromString(view[at:at + meta_length])
+            at += meta_length
+            stored = (meta, bytes(view[at:at + payload_length]))
+            at += payload_length
+        removed = []
+        for _ in range(removed_count):
+            (length,) = _ID_LENGTH.unpack_from(view, at)
+            at += _ID_LENGTH.size
+            removed.append(bytes(view[at:at + length]))
+            at += length
+        yield Change(event=event, stored=stored, removed=removed)
+
+
+def _checksum(generation: int, body: bytes) -> int:
+    return crc32c.crc32c(body, crc32c.crc32c(struct.pack("<QI", generation, len(body))))
+
+
+def read(path: str, generation: int) -> list[Change]:
+    """The changes logged in ``generation``, in order; none if there is no log."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return []
+    changes: list[Change] = []
+    at = 0
+    while at + _RECORD.size <= len(data):
+        record_generation, length, checksum = _RECORD.unpack_from(data, at)
+        body = data[at + _RECORD.size:at + _RECORD.size + length]
+        if (record_generation != generation or len(body) != length
+                or _checksum(generation, body) != checksum):
+            break
+        changes.extend(decode(body))
+        at += _RECORD.size + length
+    return changes
+
+
+class WriteAheadLog:
+    """The log file, open for appending the changes of ``generation``.
+
+    Used by the committer thread alone.
+    """
+
+    def __init__(self, path: str, size: int, generation: int) -> None:
+        """Open (creating it owner-only) and preallocate ``path`` to ``size`` bytes.
+
+        The blocks are written once here, so an append changes no file
+        metadata and ``fdatasync`` flushes the record alone.
+        """
+        self.path = path
+        self.size = size
+        self.generation = generation
+        self._offset = 0
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._preallocate()
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def _preallocate(self) -> None:
+        written = os.fstat(self._fd).st_size
+        while written < self.size:
+            written += os.pwrite(self._fd, _ZEROS[:self.size - written], written)
+        os.fsync(self._fd)
+
+    def append(self, changes: Sequence[Change]) -> bool:
+        """Write one record of ``changes`` and flush it to disk; False (nothing written)
+        if it does not fit in what is left of the file."""
+        body = encode(changes)
+        end = self._offset + _RECORD.size + len(body)
+        if end > self.size:
+            return False
+        header = _RECORD.pack(self.generation, len(body), _checksum(self.generation, body))
+        os.pwritev(self._fd, [header, body], self._offset)
+        os.fdatasync(self._fd)
+        self._offset = end
+        return True
+
+    @property
+    def used(self) -> int:
+        """Bytes written since the last checkpoint."""
+        return self._offset
+
+    def restart(self, generation: int) -> None:
+        """Log ``generation`` from the start of the file: LMDB has all of the previous one."""
+        self.generation = generation
+        self._offset = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
