@@ -20,6 +20,8 @@ import numpy as np
 
 from improv_store.v1 import store_pb2 as pb
 
+from .checksum import copy_and_checksum
+
 BUFFER_ALIGNMENT = 64
 _COUNTS = struct.Struct("<IQ")
 _LENGTH = struct.Struct("<Q")
@@ -41,12 +43,10 @@ class Encoded:
         """The payload as one bytes object (one copy)."""
         return self.parts[0].tobytes() if len(self.parts) == 1 else b"".join(self.parts)
 
-    def write_into(self, target: memoryview) -> None:
-        """Copy the payload into ``target``, which has exactly its size."""
-        offset = 0
-        for part in self.parts:
-            target[offset : offset + len(part)] = part
-            offset += len(part)
+    def fill(self, target: memoryview) -> int:
+        """Copy the payload into ``target``, which has exactly its size; return its CRC32C
+        (on two cores when it is large, see checksum.py)."""
+        return copy_and_checksum(self.parts, target)
 
     def chunk_pieces(self, chunk_size: int) -> Iterator[list[memoryview]]:
         """The payload as chunks of at most ``chunk_size`` bytes, each a list of views (no copy)."""

@@ -429,7 +429,7 @@ class StoreClient:
         size = encoded.size
         local = self._shared_memory()
         if local is not None and size >= local.min_size:
-            return self._store_in_place(local, spec, size, encoded.write_into, replace)
+            return self._store_in_place(local, spec, size, encoded, replace)
         if size <= INLINE_LIMIT:
             if replace:
                 request = pb.ReplaceRequest(spec=spec, data=encoded.to_bytes())
@@ -443,23 +443,23 @@ class StoreClient:
         local: _Local,
         spec: pb.ObjectSpec,
         size: int,
-        fill: Callable[[memoryview], None],
+        encoded: codec.Encoded,
         replace: bool,
     ) -> pb.ObjectMeta:
-        """Create a region, fill it, seal it; abort if filling fails."""
+        """Create a region, fill it, seal it with the payload's CRC32C; abort if filling
+        fails."""
         session = self._session(local)
         request = pb.CreateRequest(
             session_id=session.session_id, spec=spec, size=size, replace=replace
         )
         handle = self._call("Create", request).handle
         try:
-            fill(memoryview(local.maps.region(handle)).cast("B"))
+            checksum = encoded.fill(memoryview(local.maps.region(handle)).cast("B"))
         except BaseException:
             self._abort(session.session_id, handle)
             raise
-        return self._call(
-            "Seal", pb.SealRequest(session_id=session.session_id, handle=handle)
-        ).meta
+        seal = pb.SealRequest(session_id=session.session_id, handle=handle, crc32c=checksum)
+        return self._call("Seal", seal).meta
 
     def _abort(self, session_id: str, handle: pb.ShmHandle) -> None:
         try:

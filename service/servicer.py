@@ -304,7 +304,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def Seal(self, request: pb.SealRequest, context: grpc.ServicerContext) -> pb.SealResponse:
-        stored = self._store.seal(request.session_id, request.handle, keep_lease=request.keep_lease)
+        stored = self._store.seal(
+            request.session_id,
+            request.handle,
+            keep_lease=request.keep_lease,
+            checksum=request.crc32c if request.HasField("crc32c") else None,
+        )
         return pb.SealResponse(
             meta=stored.meta, replaced_ids=stored.replaced_ids, handle=stored.handle
         )

@@ -444,18 +444,28 @@ class Store:
                 raise
             return self._sessions.add_create(session, spec, region, replace).handle()
 
-    def seal(self, session_id: str, handle: pb.ShmHandle, *, keep_lease: bool = False) -> Stored:
+    def seal(
+        self,
+        session_id: str,
+        handle: pb.ShmHandle,
+        *,
+        keep_lease: bool = False,
+        checksum: int | None = None,
+    ) -> Stored:
         """Store a region the session filled, checked against the handle it was given.
 
-        With ``keep_lease`` the session keeps reading rights on the region (a lease).
+        With ``keep_lease`` the session keeps reading rights on the region (a
+        lease). ``checksum`` is the writer's CRC32C of the region, recorded as
+        given (see SealRequest.crc32c); without it the region is read to compute it.
         """
         with self._lock:
             pending = self._sessions.take_create(self._sessions.get(session_id), handle)
-        try:
-            checksum = crc32c.crc32c(pending.region.view())
-        except BaseException:
-            self.discard(pending.region)
-            raise
+        if checksum is None:
+            try:
+                checksum = crc32c.crc32c(pending.region.view())
+            except BaseException:
+                self.discard(pending.region)
+                raise
         return self.insert(
             pending.spec, pending.region, checksum, replace=pending.replace,
             lease_to=session_id if keep_lease else None,

@@ -28,9 +28,11 @@ import crc32c
 import grpc
 import numpy as np
 import pytest
+from test_verify import CLEAN, CORRUPT, verify
 
-from improv_store.client import ObjectNotFound, StoreClient, StoreFull
+from improv_store.client import DataCorrupted, ObjectID, ObjectNotFound, StoreClient, StoreFull
 from improv_store.client.models import StoreInfo
+from improv_store.client.shm import SegmentMaps
 from improv_store.service.locality import store_prefix
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
@@ -883,3 +885,63 @@ def test_transfer_inline_copies_and_transfer_shm_maps_even_small_arrays(
     seen = auto.call(peer_get, small_id.binary())
     assert seen["owns_memory"] is True  # below shm_min_size, auto sends it inline
     assert seen["crc"] == checksum(small)
+
+
+# -- 12. checksums of colocated writes -----------------------------------------------------
+
+
+def frames_of(kind: str) -> Any:
+    rng = np.random.default_rng(5)
+    if kind == "dict-of-frames":  # pickle with out-of-band buffers: several parts to copy
+        return {f"frame{i}": rng.integers(0, 255, (1024, 1024, 10), dtype=np.uint8)
+                for i in range(4)}
+    size = {"array-1MiB": 1 << 20, "array-40MiB": 40 << 20}[kind]
+    return rng.integers(0, 255, size, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["array-1MiB", "array-40MiB", "dict-of-frames"])
+def test_colocated_puts_seal_with_the_checksum_of_what_they_copied(
+    start_server: Any, kind: str
+) -> None:
+    """The client checksums what it copies into shared memory (above 16 MiB in a second
+    thread, chunk by chunk) and the seal records it: it is the stored bytes' CRC32C, so
+    the check of every payload on disk finds them sound."""
+    server = start_server(durability="sync")
+    value = frames_of(kind)
+    with server.client(transfer="shm") as store:
+        assert store.colocated
+        object_id = store.put(value)
+        if isinstance(value, np.ndarray):
+            assert store.stat(object_id).crc32c == crc32c.crc32c(value)
+    assert server.stop() == 0
+    assert verify(server.data_dir).returncode == CLEAN
+
+
+def test_a_seal_with_a_wrong_checksum_is_caught_when_read_from_disk(start_server: Any) -> None:
+    """A writer that seals with a CRC32C its bytes do not have harms only its own object:
+    the server records the value as given, and reads from disk and verify report the
+    object as corrupt while its neighbour reads back intact."""
+    server = start_server(durability="sync")
+    payload = os.urandom(4096)
+    with grpc.insecure_channel(server.unix_address) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        neighbour = stub.Put(pb.PutRequest(spec=pb.ObjectSpec(name="neighbour"), data=payload))
+        session = RawSession(stub)
+        spec = pb.ObjectSpec(name="mislabelled", encoding=pb.ENCODING_RAW)
+        request = pb.CreateRequest(session_id=session.session_id, spec=spec, size=len(payload))
+        handle = stub.Create(request).handle
+        maps = SegmentMaps()
+        memoryview(maps.region(handle)).cast("B")[:] = payload
+        wrong = crc32c.crc32c(payload) ^ 1
+        seal = pb.SealRequest(session_id=session.session_id, handle=handle, crc32c=wrong)
+        assert stub.Seal(seal).meta.crc32c == wrong
+        session.close()
+    assert server.stop() == 0
+    result = verify(server.data_dir)
+    assert result.returncode == CORRUPT and "mislabelled" in result.stdout
+
+    restarted = start_server(durability="sync", data_dir=server.data_dir)
+    with restarted.client(transfer="inline") as store:
+        with pytest.raises(DataCorrupted):
+            store.get("mislabelled")
+        assert store.get(ObjectID(neighbour.meta.id)) == payload

@@ -384,14 +384,16 @@ class CreateResponse(_message.Message):
     def __init__(self, handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class SealRequest(_message.Message):
-    __slots__ = ("session_id", "handle", "keep_lease")
+    __slots__ = ("session_id", "handle", "keep_lease", "crc32c")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     KEEP_LEASE_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     handle: ShmHandle
     keep_lease: bool
-    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., keep_lease: _Optional[bool] = ...) -> None: ...
+    crc32c: int
+    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., keep_lease: _Optional[bool] = ..., crc32c: _Optional[int] = ...) -> None: ...
 
 class SealResponse(_message.Message):
     __slots__ = ("meta", "replaced_ids", "handle")
