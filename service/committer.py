@@ -85,6 +85,7 @@ class Committer:
         self._wal = wal if group_commit else None
         self._cond = threading.Condition()
         self._pending: list[Change] = []
+        self._queued_puts: set[bytes] = set()  # IDs of the objects put by _pending
         self._ticket = Ticket()
         self._closing = False
         self._commit_requested = False
@@ -98,13 +99,18 @@ class Committer:
         self._thread = threading.Thread(target=self._run, name="lmdb-committer", daemon=True)
         self._thread.start()
 
-    def submit(self, change: Change) -> Ticket:
-        """Queue a change (in sequence order) and return the ticket of its batch."""
+    def submit(self, change: Change) -> tuple[Ticket, set[bytes]]:
+        """Queue a change (in sequence order); return the ticket of its batch, and which
+        of the objects it removes were put in that same batch: their payloads will
+        never be read (durability.removed_later), so their memory may be reused now."""
         with self._cond:
             self._pending.append(change)
+            if change.stored is not None:
+                self._queued_puts.add(change.stored[0].id)
+            unread = {object_id for object_id in change.removed if object_id in self._queued_puts}
             if self._group_commit:
                 self._cond.notify()
-            return self._ticket
+            return self._ticket, unread
 
     def commit_now(self) -> Ticket:
         """Commit what is queued to LMDB without waiting for the interval; return its ticket."""
@@ -137,6 +143,7 @@ class Committer:
                 if not self._pending and self._closing:
                     break
                 batch, self._pending = self._pending, []
+                self._queued_puts = set()
                 ticket, self._ticket = self._ticket, Ticket()
                 self._commit_requested = False
                 self._in_flight = ticket if batch else None

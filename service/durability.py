@@ -63,6 +63,22 @@ class Change:
         return len(self.stored[1]) if self.stored else 0
 
 
+def removed_later(changes: Sequence[Change]) -> set[int]:
+    """Indexes of the puts in ``changes`` whose object a later change removes.
+
+    Their payloads are never written, and their memory may already hold
+    another object's: the store frees it when the removal joins the put's batch.
+    """
+    removed_at = {
+        object_id: index for index, change in enumerate(changes) for object_id in change.removed
+    }
+    return {
+        index
+        for index, change in enumerate(changes)
+        if change.stored is not None and removed_at.get(change.stored[0].id, -1) > index
+    }
+
+
 @dataclass
 class Recovered:
     """What a restart finds on disk."""
@@ -184,17 +200,13 @@ class LmdbBackend:
             ) from exc
 
     def _write_once(self, changes: Sequence[Change], applied_log: int | None) -> None:
-        # A payload whose object a later change of this batch removes is never written.
-        removed_at = {
-            object_id: index for index, change in enumerate(changes) for object_id in change.removed
-        }
+        skipped = removed_later(changes)
         with self._env.begin(write=True) as txn:
             for index, change in enumerate(changes):
-                if change.stored is not None:
+                if change.stored is not None and index not in skipped:
                     meta, payload = change.stored
-                    if removed_at.get(meta.id, -1) < index:
-                        txn.put(meta.id, payload, db=self._payloads)
-                        txn.put(meta.id, meta.SerializeToString(), db=self._objects)
+                    txn.put(meta.id, payload, db=self._payloads)
+                    txn.put(meta.id, meta.SerializeToString(), db=self._objects)
                 for object_id in change.removed:
                     txn.delete(object_id, db=self._payloads)
                     txn.delete(object_id, db=self._objects)

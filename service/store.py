@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -317,8 +317,9 @@ class Store:
                 handle = self._sessions.lease(session, obj)
             if obj.committing:
                 self._uncommitted.append(obj)
-            for object_id in replaced:
-                self._drop(self._table.remove(object_id))
+            dropped = [self._table.remove(object_id) for object_id in replaced]
+            for older in dropped:
+                self._drop(older)
             event = pb.Event(
                 sequence=meta.sequence,
                 type=pb.EVENT_TYPE_REPLACE if replace else pb.EVENT_TYPE_PUT,
@@ -327,7 +328,7 @@ class Store:
                 time=meta.create_time,
             )
             stored = (meta, region.view())
-            ticket = self._record(Change(event=event, stored=stored, removed=replaced))
+            ticket = self._record(Change(event=event, stored=stored, removed=replaced), dropped)
             self._changed.notify_all()
         return Stored(meta=meta, replaced_ids=replaced, handle=handle, ticket=ticket)
 
@@ -357,7 +358,7 @@ class Store:
             sequence=self._next_sequence(), type=pb.EVENT_TYPE_DELETE, meta=removed.meta
         )
         _set_now(event.time)
-        return self._record(Change(event=event, removed=(object_id,)))
+        return self._record(Change(event=event, removed=(object_id,)), (removed,))
 
     def _drop(self, obj: StoredObject) -> None:
         obj.deleted = True
@@ -379,10 +380,23 @@ class Store:
         self._last_sequence += 1
         return self._last_sequence
 
-    def _record(self, change: Change) -> Ticket | None:
+    def _record(self, change: Change, dropped: Sequence[StoredObject] = ()) -> Ticket | None:
+        """Log, publish and queue a change; ``dropped`` are the objects it removes.
+
+        A dropped object whose put waits in the same batch is freed at once:
+        its payload will never be read, so a frame put and deleted between two
+        commits hands its memory (pages warm) to the next frame.
+        """
         self._events.append(change.event)
         self._hub.publish(change.event)
-        return self._committer.submit(change) if self._committer else None
+        if self._committer is None:
+            return None
+        ticket, unread = self._committer.submit(change)
+        for obj in dropped:
+            if obj.object_id in unread:
+                obj.committing = False
+                self._resident.release_if_unused(obj)
+        return ticket
 
     def _committed(self, sequence: int) -> None:
         """The committer has everything through ``sequence`` on disk."""

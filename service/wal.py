@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import crc32c
 
 from improv_store.v1 import store_pb2 as pb
 
-from .durability import Change
+from .durability import Change, removed_later
 
 WAL_FILE = "wal"
 
@@ -37,14 +37,17 @@ _ID_LENGTH = struct.Struct("<H")
 _ZEROS = bytes(1 << 20)
 
 
-def encode(changes: Iterable[Change]) -> bytes:
-    """The body of one record."""
+def encode(changes: Sequence[Change]) -> bytes:
+    """The body of one record; a put removed later in it keeps no payload (see
+    durability.removed_later)."""
+    skipped = removed_later(changes)
     parts: list[bytes | memoryview] = []
-    for change in changes:
+    for index, change in enumerate(changes):
         event = change.event.SerializeToString()
         meta, payload = b"", b""
         if change.stored is not None:
-            meta, payload = change.stored[0].SerializeToString(), change.stored[1]
+            meta = change.stored[0].SerializeToString()
+            payload = b"" if index in skipped else change.stored[1]
         parts += [_CHANGE.pack(len(event), len(meta), len(payload), len(change.removed)),
                   event, meta, payload]
         for object_id in change.removed:
