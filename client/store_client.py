@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -46,6 +46,9 @@ MAX_MESSAGE_SIZE = 32 << 20
 # put_many packs up to _PUT_BATCH objects of at most _BATCH_ITEM_LIMIT bytes per
 # message, which keeps every BatchPut under the server's 32 MiB message limit.
 _PUT_BATCH = 256
+# A colocated writer keeps a region of its last put's size reserved, up to this size
+# (SealRequest.reserve_next): the next put of that size skips Create.
+_RESERVE_MAX = 16 << 20
 _BATCH_ITEM_LIMIT = 64 << 10
 TRANSFER_MODES = ("auto", "shm", "inline")
 _SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["StoreService"].full_name + "/"
@@ -446,20 +449,42 @@ class StoreClient:
         encoded: codec.Encoded,
         replace: bool,
     ) -> pb.ObjectMeta:
-        """Create a region, fill it, seal it with the payload's CRC32C; abort if filling
-        fails."""
-        session = self._session(local)
-        request = pb.CreateRequest(
-            session_id=session.session_id, spec=spec, size=size, replace=replace
-        )
-        handle = self._call("Create", request).handle
+        """Fill a region (the one reserved by the last seal if it has this size, else a
+        new Create's), seal it with the payload's CRC32C; abort if filling fails."""
+        session_id = self._session(local).session_id
+        handle = self._reserved(local, session_id, size)
+        seal = pb.SealRequest(session_id=session_id, reserve_next=size)
+        if size > _RESERVE_MAX:
+            seal.reserve_next = 0
+        if handle is None:
+            request = pb.CreateRequest(session_id=session_id, spec=spec, size=size, replace=replace)
+            handle = self._call("Create", request).handle
+        else:
+            seal.spec.CopyFrom(spec)
+            seal.replace = replace
         try:
-            checksum = encoded.fill(memoryview(local.maps.region(handle)).cast("B"))
+            seal.crc32c = encoded.fill(memoryview(local.maps.region(handle)).cast("B"))
         except BaseException:
-            self._abort(session.session_id, handle)
+            self._abort(session_id, handle)
             raise
-        seal = pb.SealRequest(session_id=session.session_id, handle=handle, crc32c=checksum)
-        return self._call("Seal", seal).meta
+        seal.handle.CopyFrom(handle)
+        sealed = self._call("Seal", seal)
+        if sealed.HasField("next_handle"):
+            displaced = local.swap_reservation((session_id, sealed.next_handle))
+            if displaced is not None:  # another thread's seal reserved one too
+                self._abort(*displaced)
+        return sealed.meta
+
+    def _reserved(self, local: _Local, session_id: str, size: int) -> pb.ShmHandle | None:
+        """The reserved region, if it is this session's and ``size`` bytes long; a
+        reservation of another size is given back."""
+        reservation = local.swap_reservation()
+        if reservation is None or reservation[0] != session_id:
+            return None  # none, or one that ended with its session
+        if reservation[1].length != size:
+            self._abort(*reservation)
+            return None
+        return reservation[1]
 
     def _abort(self, session_id: str, handle: pb.ShmHandle) -> None:
         try:
@@ -637,6 +662,17 @@ class _Local:
     lane_path: str = ""
     session: Session | Lane | None = None
     index: IndexReader | None = None
+    # (session ID, handle) of the region the server reserved for the next put.
+    reservation: tuple[str, pb.ShmHandle] | None = None
+    reservation_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def swap_reservation(
+        self, new: tuple[str, pb.ShmHandle] | None = None
+    ) -> tuple[str, pb.ShmHandle] | None:
+        """Put ``new`` in place of the current reservation, and return that."""
+        with self.reservation_lock:
+            old, self.reservation = self.reservation, new
+        return old
 
 
 _NOT_INDEXED = object()

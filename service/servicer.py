@@ -309,10 +309,17 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             request.handle,
             keep_lease=request.keep_lease,
             checksum=request.crc32c if request.HasField("crc32c") else None,
+            spec=request.spec if request.HasField("spec") else None,
+            replace=request.replace,
         )
-        return pb.SealResponse(
+        response = pb.SealResponse(
             meta=stored.meta, replaced_ids=stored.replaced_ids, handle=stored.handle
         )
+        if request.reserve_next:
+            reserved = self._store.reserve_next(request.session_id, request.reserve_next)
+            if reserved is not None:
+                response.next_handle.CopyFrom(reserved)
+        return response
 
     @_statuses
     def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.AbortResponse:

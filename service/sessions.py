@@ -24,10 +24,11 @@ from .objects import StoredObject
 
 @dataclass(eq=False)
 class PendingCreate:
-    """A region a session is filling, to become an object on Seal."""
+    """A region a session is filling, to become an object on Seal; ``spec`` is None for a
+    region reserved by an earlier Seal, whose object is declared when it is sealed."""
 
     lease_id: int
-    spec: pb.ObjectSpec
+    spec: pb.ObjectSpec | None
     region: Region
     replace: bool
 
@@ -114,7 +115,7 @@ class Sessions:
         return [session.leases.pop(lease_id) for lease_id in lease_ids]
 
     def add_create(
-        self, session: Session, spec: pb.ObjectSpec, region: Region, replace: bool
+        self, session: Session, spec: pb.ObjectSpec | None, region: Region, replace: bool
     ) -> PendingCreate:
         pending = PendingCreate(next(self._lease_ids), spec, region, replace)
         session.creates[pending.lease_id] = pending

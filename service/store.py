@@ -175,23 +175,23 @@ class Store:
     # -- writes ---------------------------------------------------------------------
 
     def check_new(self, spec: pb.ObjectSpec, size: int, *, replace: bool = False) -> None:
-        """Validate a new object before its payload arrives."""
-        validation.check_spec(spec, size, self.config.max_object_size, self.config.max_name_length)
-        if replace and not spec.name:
-            raise invalid("replace needs a name")
-
-    def reserve(self, spec: pb.ObjectSpec, size: int, *, replace: bool = False) -> Region:
-        """Check a new object and allocate the region its payload will be written into.
+        """Check a new object's declaration before its payload is taken.
 
         While the disk is full (the last commit failed for lack of space) new
         objects are refused at once: they could not be committed either.
         """
-        self.check_new(spec, size, replace=replace)
+        validation.check_spec(spec, size, self.config.max_object_size, self.config.max_name_length)
+        if replace and not spec.name:
+            raise invalid("replace needs a name")
         with self._lock:
             if self._disk_full is not None:
                 raise exhausted(f"{self._disk_full}; new objects are refused until it has room")
             if spec.id and spec.id in self._table:
                 raise _exists(spec.id)
+
+    def reserve(self, spec: pb.ObjectSpec, size: int, *, replace: bool = False) -> Region:
+        """Check a new object and allocate the region its payload will be written into."""
+        self.check_new(spec, size, replace=replace)
         return self._allocate(size)
 
     def _allocate(self, length: int) -> Region:
@@ -458,6 +458,20 @@ class Store:
                 raise
             return self._sessions.add_create(session, spec, region, replace).handle()
 
+    def reserve_next(self, session_id: str, size: int) -> pb.ShmHandle | None:
+        """A region for the session's next object, which it declares when it seals it
+        (SealRequest.reserve_next); None when there is no room without committing
+        first: the writer then calls Create."""
+        if not 0 < size <= self.config.max_object_size:
+            return None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            try:
+                region = self._resident.allocate(size)
+            except StoreError:
+                return None
+            return self._sessions.add_create(session, None, region, False).handle()
+
     def seal(
         self,
         session_id: str,
@@ -465,23 +479,37 @@ class Store:
         *,
         keep_lease: bool = False,
         checksum: int | None = None,
+        spec: pb.ObjectSpec | None = None,
+        replace: bool = False,
     ) -> Stored:
         """Store a region the session filled, checked against the handle it was given.
 
         With ``keep_lease`` the session keeps reading rights on the region (a
         lease). ``checksum`` is the writer's CRC32C of the region, recorded as
         given (see SealRequest.crc32c); without it the region is read to compute it.
+        ``spec`` and ``replace`` declare the object of a region from ``reserve_next``
+        (and only of one: a Create declared its object already).
         """
         with self._lock:
             pending = self._sessions.take_create(self._sessions.get(session_id), handle)
-        if checksum is None:
-            try:
+        try:
+            if pending.spec is None:
+                if spec is None:
+                    raise invalid("a reserved region is sealed with the object's spec")
+                self.check_new(spec, pending.region.length, replace=replace)
+            elif spec is not None or replace:
+                raise invalid(
+                    "this region's object was declared by Create; seal it without spec or replace"
+                )
+            else:
+                spec, replace = pending.spec, pending.replace
+            if checksum is None:
                 checksum = crc32c.crc32c(pending.region.view())
-            except BaseException:
-                self.discard(pending.region)
-                raise
+        except BaseException:
+            self.discard(pending.region)
+            raise
         return self.insert(
-            pending.spec, pending.region, checksum, replace=pending.replace,
+            spec, pending.region, checksum, replace=replace,
             lease_to=session_id if keep_lease else None,
         )
 

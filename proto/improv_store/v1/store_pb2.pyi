@@ -384,26 +384,34 @@ class CreateResponse(_message.Message):
     def __init__(self, handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class SealRequest(_message.Message):
-    __slots__ = ("session_id", "handle", "keep_lease", "crc32c")
+    __slots__ = ("session_id", "handle", "keep_lease", "crc32c", "reserve_next", "spec", "replace")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     KEEP_LEASE_FIELD_NUMBER: _ClassVar[int]
     CRC32C_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_NEXT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     handle: ShmHandle
     keep_lease: bool
     crc32c: int
-    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., keep_lease: _Optional[bool] = ..., crc32c: _Optional[int] = ...) -> None: ...
+    reserve_next: int
+    spec: ObjectSpec
+    replace: bool
+    def __init__(self, session_id: _Optional[str] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., keep_lease: _Optional[bool] = ..., crc32c: _Optional[int] = ..., reserve_next: _Optional[int] = ..., spec: _Optional[_Union[ObjectSpec, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class SealResponse(_message.Message):
-    __slots__ = ("meta", "replaced_ids", "handle")
+    __slots__ = ("meta", "replaced_ids", "handle", "next_handle")
     META_FIELD_NUMBER: _ClassVar[int]
     REPLACED_IDS_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HANDLE_FIELD_NUMBER: _ClassVar[int]
     meta: ObjectMeta
     replaced_ids: _containers.RepeatedScalarFieldContainer[bytes]
     handle: ShmHandle
-    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
+    next_handle: ShmHandle
+    def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., next_handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("session_id", "handle")
