@@ -10,6 +10,7 @@ Encoding avoids copies: payload parts are views on the caller's memory.
 
 from __future__ import annotations
 
+import ctypes
 import pickle
 import struct
 from collections.abc import Iterator
@@ -108,6 +109,28 @@ def _encode_pickle(obj: Any) -> Encoded:
         parts.append(buffer)
         position += padding + len(buffer)
     return Encoded(pb.ENCODING_PICKLE_BUFFERS, tuple(parts))
+
+
+def fillable(size: int, encoding: int) -> tuple[bytes | np.ndarray, np.ndarray]:
+    """A payload of ``size`` bytes to be filled before ``decode``, and a writable uint8
+    array over its memory.
+
+    A RAW payload is decoded as ``bytes``, so it is made a bytes object from the
+    start, uninitialised, as CPython's ``PyBytes_FromStringAndSize(NULL, size)``
+    allows for exactly this: filling it before anyone else sees it. That saves
+    the final copy a bytes object built from the pieces would cost.
+    """
+    if encoding != pb.ENCODING_RAW or size == 0:
+        array = np.empty(size, dtype=np.uint8)
+        return array, array
+    payload = _new_bytes(None, size)
+    address = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value
+    return payload, np.frombuffer((ctypes.c_ubyte * size).from_address(address), np.uint8)
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+_new_bytes.restype = ctypes.py_object
 
 
 def decode(meta: pb.ObjectMeta, payload: bytes | bytearray | memoryview | np.ndarray) -> Any:

@@ -604,24 +604,25 @@ class StoreClient:
         return ObjectInfo.from_proto(response.meta)
 
     def _get_streamed(self, object_id: bytes) -> Any:
-        """Fetch a large payload as chunks into one buffer (one copy, no join of copies)."""
+        """Fetch a large payload as chunks, each copied once into the final object (numpy
+        copies without the GIL, so gRPC's threads go on receiving meanwhile)."""
         request = pb.GetStreamRequest(ref=pb.ObjectRef(id=object_id))
         try:
             stream = self._bulk["GetStream"](request, timeout=self.timeout)
             meta = pb.GetStreamResponse.FromString(next(stream)).meta
-            chunks = (_chunk_of(raw) for raw in stream)
-            if meta.encoding == pb.ENCODING_RAW:
-                return b"".join(chunks)
-            buffer = np.empty(meta.size, dtype=np.uint8)
+            payload, target = codec.fillable(meta.size, meta.encoding)
             offset = 0
-            for chunk in chunks:
-                buffer[offset : offset + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            for raw in stream:
+                chunk = np.frombuffer(_chunk_of(raw), dtype=np.uint8)
+                if offset + len(chunk) > meta.size:
+                    raise StoreError(f"stream sent more than the {meta.size} bytes announced")
+                np.copyto(target[offset : offset + len(chunk)], chunk)
                 offset += len(chunk)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         if offset != meta.size:
             raise StoreError(f"stream ended after {offset} of {meta.size} bytes")
-        return codec.decode(meta, buffer)
+        return codec.decode(meta, payload)
 
     def list(self, prefix: str = "", *, page_size: int = 500) -> Iterator[ObjectInfo]:
         """Every object whose name starts with ``prefix`` (all, when empty), oldest first."""

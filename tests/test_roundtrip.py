@@ -157,6 +157,17 @@ def test_256_mib_over_tcp(server: Any) -> None:
         assert np.array_equal(back, array)
 
 
+def test_large_bytes_over_tcp_come_back_as_ordinary_bytes(server: Any) -> None:
+    """A RAW payload above the inline limit is streamed into a bytes object filled in
+    place; it is a plain, equal, hashable bytes, and a second get is a separate object."""
+    blob = np.random.default_rng(2).bytes(9 << 20)
+    with server.client(tcp=True) as store:
+        object_id = store.put(blob)
+        first, second = store.get(object_id), store.get(object_id)
+    assert type(first) is bytes and first == blob and hash(first) == hash(blob)
+    assert first is not second and second == blob
+
+
 def test_large_bytes_and_pickles_stream(store: StoreClient) -> None:
     """RAW and pickled payloads above the inline limit round-trip (streamed, or in shm)."""
     blob = np.random.default_rng(1).bytes(9 << 20)
