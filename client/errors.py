@@ -122,11 +122,3 @@ def _trailer(exc: grpc.RpcError, key: str) -> str | None:
         if name == key:
             return value
     return None
-
-
-def resume_sequence(exc: grpc.RpcError) -> int | None:
-    """Where a subscriber cut off for falling behind should resume, if that is why it ended."""
-    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return None
-    value = _trailer(exc, "improv-store-resume-sequence")
-    return int(value) if value else None

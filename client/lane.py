@@ -1,19 +1,23 @@
-"""The client end of the local lane: unary calls over a plain unix socket.
+"""The client end of the local lane: calls and subscriptions over a plain unix socket.
 
 One connection per client, one call at a time on it. The connection is also
 the client's session: leases taken through it (shared-memory views) are
 released by one-way frames, queued by finalizers and sent in batches by a
 small flusher thread (or with the next call when many are queued), so
-dropping a view never waits and a call rarely carries them.
+dropping a view never waits and a call rarely carries them. Each
+subscription has a connection of its own (LaneSubscription), which carries
+nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from typing import TypeVar
 
 import grpc
@@ -45,19 +49,7 @@ class Lane:
 
     def __init__(self, path: str, token: str | None = None) -> None:
         """Connect and open the session, presenting ``token`` if the server wants one."""
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._socket.connect(path)
-            opening = pb.LaneOpenRequest(token=token or "")
-            self._write(pb.LANE_METHOD_OPEN, opening.SerializeToString())
-            status, body = self._read()
-        except OSError as exc:
-            self._socket.close()
-            raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
-        if status != grpc.StatusCode.OK:
-            self._socket.close()
-            raise error_for(status, body.decode(errors="replace"))
-        self.session_id = pb.SessionResponse.FromString(body).session_id
+        self._socket, self.session_id = _connect(path, token)
         self._lock = threading.Lock()
         self._releases: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -92,12 +84,12 @@ class Lane:
             try:
                 if self._releases.qsize() >= _RELEASE_BATCH:  # else the flusher sends them
                     self._send_releases()
-                self._write(method, request.SerializeToString())
+                _write(self._socket, method, request.SerializeToString())
             except OSError as exc:  # the server hung up: nothing was taken
                 self._close_locked()
                 raise LaneClosed(f"lane connection lost: {exc}") from None
             try:
-                status, body = self._read()
+                status, body = _read(self._socket)
             except OSError as exc:
                 self._close_locked()
                 raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane connection lost: {exc}") \
@@ -140,25 +132,108 @@ class Lane:
                 break
         if lease_ids:
             request = pb.ReleaseRequest(session_id=self.session_id, lease_ids=lease_ids)
-            self._write(pb.LANE_METHOD_RELEASE | ONE_WAY, request.SerializeToString())
+            _write(self._socket, pb.LANE_METHOD_RELEASE | ONE_WAY, request.SerializeToString())
 
-    def _write(self, method: int, body: bytes) -> None:
-        self._socket.sendall(HEADER.pack(len(body) + 1, method) + body)
 
-    def _read(self) -> tuple[grpc.StatusCode, bytes]:
-        length, status = HEADER.unpack(self._receive(HEADER.size))
-        return _status_code(status), self._receive(length - 1)
+class LaneSubscription:
+    """A Subscribe on a lane connection of its own: iterate it for SubscribeResponses.
 
-    def _receive(self, size: int) -> bytes:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        received = 0
-        while received < size:
-            count = self._socket.recv_into(view[received:])
-            if count == 0:
-                raise ConnectionResetError("the store closed the lane")
-            received += count
-        return bytes(buffer) if size < (64 << 10) else buffer  # protobuf parses either
+    The server sends one frame per event and ends with one frame of another
+    status, raised here as its StoreError; a connection lost without it is
+    StoreUnavailable. ``close`` ends the subscription from any thread, waking
+    an iteration blocked on the socket, which then just stops.
+    """
+
+    def __init__(self, path: str, token: str | None, request: pb.SubscribeRequest) -> None:
+        """Connect (presenting ``token``) and subscribe; the server registers it at once."""
+        self._socket, _ = _connect(path, token)
+        try:
+            _write(self._socket, pb.LANE_METHOD_SUBSCRIBE, request.SerializeToString())
+        except OSError as exc:
+            self._socket.close()
+            raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
+        self._lock = threading.Lock()
+        self._reading = False  # a thread is in _read: close() wakes it, and it closes
+        self._closed = False
+
+    def __iter__(self) -> Iterator[pb.SubscribeResponse]:
+        while (frame := self._next_frame()) is not None:
+            status, body = frame
+            if status != grpc.StatusCode.OK:
+                self.close()  # the server hangs up after it
+                raise error_for(status, body.decode(errors="replace"))
+            yield pb.SubscribeResponse.FromString(body)
+
+    def _next_frame(self) -> tuple[grpc.StatusCode, bytes] | None:
+        """The next frame, or None once closed; StoreUnavailable if the connection is lost."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._reading = True
+        try:
+            return _read(self._socket)
+        except OSError as exc:
+            if self._closed:
+                return None
+            lost = exc
+        finally:
+            with self._lock:
+                self._reading = False
+                if self._closed:
+                    self._socket.close()
+        self.close()
+        raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane subscription lost: {lost}")
+
+    def close(self) -> None:
+        """End the subscription: the server sees the connection close and drops it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._reading:
+                with contextlib.suppress(OSError):  # wakes the reader, which closes the socket
+                    self._socket.shutdown(socket.SHUT_RDWR)
+            else:
+                self._socket.close()
+
+
+def _connect(path: str, token: str | None) -> tuple[socket.socket, str]:
+    """A lane connection with its session open (LANE_METHOD_OPEN), and the session's ID."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(path)
+        opening = pb.LaneOpenRequest(token=token or "")
+        _write(connection, pb.LANE_METHOD_OPEN, opening.SerializeToString())
+        status, body = _read(connection)
+    except OSError as exc:
+        connection.close()
+        raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
+    if status != grpc.StatusCode.OK:
+        connection.close()
+        raise error_for(status, body.decode(errors="replace"))
+    return connection, pb.SessionResponse.FromString(body).session_id
+
+
+def _write(connection: socket.socket, method: int, body: bytes) -> None:
+    connection.sendall(HEADER.pack(len(body) + 1, method) + body)
+
+
+def _read(connection: socket.socket) -> tuple[grpc.StatusCode, bytes]:
+    """One response frame: its status and body."""
+    length, status = HEADER.unpack(_receive(connection, HEADER.size))
+    return _status_code(status), _receive(connection, length - 1)
+
+
+def _receive(connection: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = connection.recv_into(view[received:])
+        if count == 0:
+            raise ConnectionResetError("the store closed the lane")
+        received += count
+    return bytes(buffer) if size < (64 << 10) else buffer  # protobuf parses either
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -6,6 +6,7 @@ import ctypes
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +23,17 @@ from improv_store.v1 import store_pb2_grpc
 from . import codec
 from .access import TlsSettings, open_channel, resolve_token
 from .errors import (
+    HistoryUnavailable,
     ObjectNotFound,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     error_for,
     from_rpc_error,
-    resume_sequence,
 )
 from .ids import ObjectID
 from .index import IndexReader
-from .lane import Lane, LaneClosed
+from .lane import Lane, LaneClosed, LaneSubscription
 from .models import Event, ObjectInfo, StoreInfo
 from .session import Session
 from .shm import SegmentMaps, exporter_of, is_colocated, read_only
@@ -109,9 +111,9 @@ class StoreClient:
     payloads move: ``auto`` uses shared memory when this process shares the
     server's /dev/shm and inline bytes otherwise; ``shm`` insists on shared
     memory; ``inline`` never uses it. A client that uses shared memory also
-    makes its unary calls over the server's local lane (a plain unix socket,
-    ten times cheaper than a gRPC call) unless ``lane`` (default
-    ``$IMPROV_STORE_LANE``) is off.
+    makes its unary calls and subscriptions over the server's local lane (a
+    plain unix socket, ten times cheaper than a gRPC call) unless ``lane``
+    (default ``$IMPROV_STORE_LANE``) is off.
 
     A server started with ``--token-file`` wants its token on every call:
     ``token`` (default ``$IMPROV_STORE_TOKEN``) or ``token_file`` (default
@@ -180,6 +182,8 @@ class StoreClient:
         self._local_lock = threading.Lock()
         self._local: _Local | None = None
         self._local_checked = False
+        # Open subscriptions, ended by close() (the gRPC ones end with the channel anyway).
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._put_batch: int | None = None  # items per BatchPut, within the server's limit
 
     # -- lifecycle ----------------------------------------------------------------
@@ -192,6 +196,8 @@ class StoreClient:
 
     def close(self) -> None:
         """Close the connection: subscriptions end and the server drops this client's leases."""
+        for subscription in list(self._subscriptions):
+            subscription.close()
         with self._local_lock:
             if self._local is not None and self._local.session is not None:
                 self._local.session.close()
@@ -342,10 +348,18 @@ class StoreClient:
                 lost = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
                 if exc.code not in lost or not local or attempt:
                     raise
-                stale, local.session = local.session, None
-                if stale is not None:
-                    stale.close()
+                self._drop_session(local, session_id)
         raise AssertionError("unreachable")
+
+    def _drop_session(self, local: _Local, session_id: str) -> None:
+        """Close and forget session ``session_id``, which the server no longer has: the
+        next use opens another. One that another thread has renewed already is kept."""
+        with self._local_lock:
+            stale = local.session
+            if stale is None or stale.session_id != session_id:
+                return
+            local.session = None
+        stale.close()
 
     def _transfer(self) -> int:
         return pb.TRANSFER_SHM if self.transfer == "shm" else pb.TRANSFER_AUTO
@@ -650,8 +664,12 @@ class StoreClient:
         close it (or use it as a context manager) to stop. With ``values``,
         each put/replace event carries the stored object as ``event.value``
         (through shared memory when colocated, so no extra round trip).
+        A colocated client subscribes over a lane connection of its own,
+        others over a gRPC stream; both behave the same.
         """
-        return Subscription(self, prefix, since, values)
+        subscription = Subscription(self, prefix, since, values)
+        self._subscriptions.add(subscription)
+        return subscription
 
 
 @dataclass
@@ -798,46 +816,76 @@ class Subscription:
     where it stopped, so the caller sees every event once, in order.
     ``last_sequence`` is the last event delivered: pass ``since=last_sequence + 1``
     to a new subscription to continue after a disconnect or server restart.
+    A colocated client's subscription runs on a lane connection of its own
+    (LaneSubscription), any other on a gRPC stream (_GrpcSubscription).
     """
 
     def __init__(self, client: StoreClient, prefix: str, since: int | None, values: bool) -> None:
         self._client = client
         self._prefix = prefix
         self._values = values
-        self._local = client._shared_memory() if values else None
+        local = client._shared_memory()
+        self._lane_path = local.lane_path if local is not None else ""
+        self._local = local if values else None
         self.last_sequence: int | None = None if since is None else since - 1
         self._closed = False
-        self._call = self._open(since)
+        self._session_id = ""  # the session that takes the values' leases
+        self._stream = self._open(since)
 
-    def _open(self, since: int | None) -> Any:
+    def _open(self, since: int | None) -> LaneSubscription | _GrpcSubscription:
         client = self._client
         request = pb.SubscribeRequest(prefix=self._prefix, since_sequence=since)
         if self._local is not None:
+            self._session_id = client._session(self._local).session_id
             request.transfer = client._transfer()
-            request.session_id = client._session(self._local).session_id
-        return client._stub.Subscribe(request)
+            request.session_id = self._session_id
+        if self._lane_path:
+            return LaneSubscription(self._lane_path, client._token, request)
+        return _GrpcSubscription(client._stub, request)
 
     def __iter__(self) -> Iterator[Event]:
         while True:
+            received = False
             try:
-                for response in self._call:
+                for response in self._stream:
                     event = Event.from_proto(response.event, value=self._value(response))
                     self.last_sequence = event.sequence
+                    received = True
                     yield event
                 return
-            except grpc.RpcError as exc:
-                if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
+            except StoreError as exc:
+                if self._closed:
                     return
-                resume = resume_sequence(exc)
-                if resume is not None:
-                    log.warning("subscription fell behind; resuming from sequence %d", resume)
-                elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION and self._local:
-                    self._local.session = None  # the session was lost: renew it and go on
-                    if self.last_sequence is not None:
-                        resume = self.last_sequence + 1
-                else:
-                    raise from_rpc_error(exc) from None
-                self._call = self._open(resume)
+                resume = self._resume_from(exc, received)
+            self._stream = self._open(resume)
+            if self._closed:  # closed while reopening: end the new stream too
+                self._stream.close()
+
+    def _resume_from(self, error: StoreError, received: bool) -> int | None:
+        """Where to resubscribe after ``error``, or raise it when it ends the subscription.
+
+        RESOURCE_EXHAUSTED after events (a refusal comes first) means the
+        subscriber fell behind: the first event it missed follows the last it
+        got, where the gRPC resume trailer points too.
+        """
+        if isinstance(error, StoreFull) and received:
+            assert self.last_sequence is not None
+            resume = self.last_sequence + 1
+            log.warning("subscription fell behind; resuming from sequence %d", resume)
+            return resume
+        if error.code == grpc.StatusCode.FAILED_PRECONDITION and self._local:
+            self._client._drop_session(self._local, self._session_id)  # renew it and go on
+            return None if self.last_sequence is None else self.last_sequence + 1
+        if isinstance(error, HistoryUnavailable) and error.oldest_sequence is None:
+            raise HistoryUnavailable(error.message, self._oldest_sequence()) from None
+        raise error
+
+    def _oldest_sequence(self) -> int | None:
+        """The oldest sequence the server retains (a lane refusal says it only in words)."""
+        try:
+            return self._client.info().oldest_sequence
+        except StoreError:
+            return None
 
     def _value(self, response: pb.SubscribeResponse) -> Any:
         if not self._values or response.event.type == pb.EVENT_TYPE_DELETE:
@@ -851,11 +899,29 @@ class Subscription:
             return None
 
     def close(self) -> None:
+        """Stop: an iteration blocked in another thread ends, without error."""
         self._closed = True
-        self._call.cancel()
+        self._stream.close()
 
     def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _GrpcSubscription:
+    """A Subscribe over gRPC, shaped like LaneSubscription: errors as StoreError, close()."""
+
+    def __init__(self, stub: store_pb2_grpc.StoreServiceStub, request: pb.SubscribeRequest) -> None:
+        self._call = stub.Subscribe(request)
+
+    def __iter__(self) -> Iterator[pb.SubscribeResponse]:
+        try:
+            yield from self._call
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:  # cancelled: closed here
+                raise from_rpc_error(exc) from None
+
+    def close(self) -> None:
+        self._call.cancel()

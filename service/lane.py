@@ -9,6 +9,12 @@ LANE_METHOD_OPEN, which carries the server's token when it has one (the same
 check gRPC calls pass), and is then a session: when it closes, for whatever
 reason, its leases and unsealed creates are dropped, as when a gRPC Session
 stream ends.
+
+LANE_METHOD_SUBSCRIBE makes a connection one subscription: the servicer's
+Subscribe runs as for gRPC, each response goes out as a frame, and the
+stream ends with one frame of its closing status. The client says nothing
+more; a watcher thread waits for it to hang up, to end the subscription
+(and free its slot and buffer) while it is idle.
 """
 
 from __future__ import annotations
@@ -75,7 +81,35 @@ class _LaneContext:
         return None
 
     def set_trailing_metadata(self, metadata: object) -> None:
-        """Trailers carry nothing a unary lane call needs."""
+        """The lane has no trailers: a lane subscriber resumes after the last event it
+        received, and asks Info for the oldest sequence retained."""
+
+
+class _StreamContext(_LaneContext):
+    """A lane Subscribe's context: callbacks run when the stream ends, as gRPC runs
+    them when a call terminates (the servicer closes its subscription in one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+        self._ended = False
+
+    def add_callback(self, callback: Callable[[], object]) -> bool:
+        """Run ``callback`` when the stream ends; at once (and False) if it has ended."""
+        with self._lock:
+            if not self._ended:
+                self._callbacks.append(callback)
+                return True
+        callback()
+        return False
+
+    def end(self) -> None:
+        """The stream is over (the client left, or the server finished it)."""
+        with self._lock:
+            self._ended = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 class LaneServer:
@@ -108,7 +142,11 @@ class LaneServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and end every connection (their sessions close)."""
+        """Stop accepting and end every connection (their sessions close).
+
+        Subscriptions are left to the store's shutdown, which follows: it ends
+        them with UNAVAILABLE, a frame their clients read, as on gRPC.
+        """
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
@@ -141,8 +179,13 @@ class LaneServer:
             self._forget(connection)
             return
         try:
-            while self._serve_one(connection):
-                pass
+            while (frame := self._read_frame(connection, self._max_frame)) is not None:
+                method, body = frame
+                if method == pb.LANE_METHOD_SUBSCRIBE:
+                    self._store.close_session(session_id)  # a subscription holds no leases
+                    self._subscribe(connection, body)
+                    break
+                self._answer(connection, method, body)
         except OSError:
             pass  # the client went away
         finally:
@@ -183,21 +226,56 @@ class LaneServer:
             self._connections.discard(connection)
         connection.close()
 
-    def _serve_one(self, connection: socket.socket) -> bool:
-        """Answer one request; False when the connection is over."""
-        frame = self._read_frame(connection, self._max_frame)
-        if frame is None:
-            return False
-        method, body = frame
+    def _answer(self, connection: socket.socket, method: int, body: bytearray) -> None:
+        """Run one unary call and send its answer, unless it is one-way."""
         one_way = bool(method & ONE_WAY)
         method &= ~ONE_WAY
         started = time.perf_counter()
         name, status, reply = self._dispatch(method, body)
-        if self._record is not None:
-            self._record(name, status, time.perf_counter() - started)
+        self._count(name, status, started)
         if not one_way:
             self._send(connection, status, reply)
-        return True
+
+    def _count(self, name: str, status: grpc.StatusCode, started: float) -> None:
+        """Record a call in the metrics, with the gRPC ones."""
+        if self._record is not None:
+            self._record(name, status, time.perf_counter() - started)
+
+    def _subscribe(self, connection: socket.socket, body: bytearray) -> None:
+        """Serve LANE_METHOD_SUBSCRIBE: its events, then its closing status, as frames."""
+        with self._lock:
+            self._connections.discard(connection)  # stop() leaves it to the store's shutdown
+        context = _StreamContext()
+        watcher = threading.Thread(
+            target=_watch, args=(connection, context), name="lane-watch", daemon=True
+        )
+        watcher.start()
+        started = time.perf_counter()
+        try:
+            status, message = self._stream(connection, body, context)
+            self._send(connection, status, message)
+        except OSError:
+            status = grpc.StatusCode.CANCELLED  # the client went away
+        finally:
+            context.end()
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)  # wakes the watcher
+            watcher.join()
+        self._count("Subscribe", status, started)
+
+    def _stream(
+        self, connection: socket.socket, body: bytearray, context: _StreamContext
+    ) -> tuple[grpc.StatusCode, bytes]:
+        """Send each event of the subscription; return the status and message that end it."""
+        try:
+            request = _parse(pb.SubscribeRequest, body)
+            with contextlib.closing(self._servicer.Subscribe(request, context)) as responses:
+                for response in responses:
+                    self._send(connection, grpc.StatusCode.OK, response.SerializeToString())
+        except LaneAbort as exc:
+            return exc.code, exc.message.encode()
+        # Only the watcher ends a subscription without an error: the client left or spoke.
+        return grpc.StatusCode.CANCELLED, b"the client ended the subscription"
 
     def _read_frame(
         self, connection: socket.socket, max_length: int
@@ -221,10 +299,7 @@ class LaneServer:
             return "unknown", grpc.StatusCode.UNIMPLEMENTED, f"no lane method {method}".encode()
         name, request_type = entry
         try:
-            request = request_type.FromString(body)
-        except DecodeError as exc:
-            return name, grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name}: {exc}".encode()
-        try:
+            request = _parse(request_type, body)
             response: Any = getattr(self._servicer, name)(request, _LaneContext())
         except LaneAbort as exc:
             return name, exc.code, exc.message.encode()
@@ -241,6 +316,22 @@ class LaneServer:
 
 
 _SMALL = 64 << 10
+
+
+def _parse(request_type: type[Message], body: bytearray) -> Any:
+    """The request in ``body``; INVALID_ARGUMENT (LaneAbort) if it does not parse."""
+    try:
+        return request_type.FromString(body)
+    except DecodeError as exc:
+        message = f"malformed {request_type.__name__}: {exc}"
+        raise LaneAbort(grpc.StatusCode.INVALID_ARGUMENT, message) from None
+
+
+def _watch(connection: socket.socket, context: _StreamContext) -> None:
+    """End a lane subscription when its client hangs up (or sends anything: it may not)."""
+    with contextlib.suppress(OSError):
+        connection.recv(1)
+    context.end()
 
 
 def _receive(connection: socket.socket, size: int) -> bytearray | None:

@@ -27,12 +27,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from test_cli import run_cli
+from test_lane import RawLane, subscription_path, wait_until
 
 from improv_store.client import StoreClient, StoreUnavailable, Unauthenticated
+from improv_store.client.lane import LaneSubscription
 from improv_store.service.access import load_token
 from improv_store.service.arena import SHM_DIR
 from improv_store.service.config import ServerConfig
 from improv_store.service.locality import store_prefix
+from improv_store.v1 import store_pb2 as pb
 
 TOKEN = "s3cret-token-for-tests"
 EXIT_UNREACHABLE = 3
@@ -216,6 +219,26 @@ def test_client_streams_with_wrong_token(token_server: ServerProcess) -> None:
             next(iter(client.subscribe("")))
         with pytest.raises(Unauthenticated):
             client.put(bytes(5 << 20), name="big")  # above the inline limit: PutStream
+
+
+def test_lane_subscriptions_need_the_token(token_server: ServerProcess) -> None:
+    """A colocated client's subscription takes the lane with its token and gets events; a
+    lane subscription with a wrong token or none is refused UNAUTHENTICATED, and one that
+    skips the opening frame INVALID_ARGUMENT; neither is registered."""
+    path = token_server.socket_path + ".lane"
+    with token_server.client(token=TOKEN) as client:
+        with client.subscribe(since=1) as subscription:
+            assert subscription_path(subscription) == "lane"
+            stored = client.put(b"behind the token", name="secret")
+            assert next(iter(subscription)).object.id == stored
+        for token in (None, "wrong"):
+            with pytest.raises(Unauthenticated):
+                LaneSubscription(path, token, pb.SubscribeRequest())
+        skipped = RawLane(path, open_session=False)
+        skipped.subscribe(pb.SubscribeRequest())
+        assert skipped.read()[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert skipped.hung_up()
+        wait_until(lambda: client.info().subscriber_count == 0, "no subscriber left")
 
 
 def test_health_stays_open(token_server: ServerProcess) -> None:

@@ -17,7 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from improv_store.client import ObjectNotFound, StoreClient
+from improv_store.client import ObjectNotFound, StoreClient, Subscription
+from improv_store.client.lane import LaneSubscription
 from improv_store.v1 import store_pb2 as pb
 
 HEADER = struct.Struct("<IB")
@@ -57,9 +58,31 @@ class RawLane:
             data += chunk
         return data
 
-    def call(self, method: int, body: bytes) -> tuple[grpc.StatusCode, bytes]:
+    def send(self, method: int, body: bytes) -> None:
         self.socket.sendall(HEADER.pack(len(body) + 1, method) + body)
+
+    def call(self, method: int, body: bytes) -> tuple[grpc.StatusCode, bytes]:
+        self.send(method, body)
         return self.read()
+
+    def subscribe(self, request: pb.SubscribeRequest | bytes) -> None:
+        """Turn this connection into a subscription (LANE_METHOD_SUBSCRIBE)."""
+        body = request if isinstance(request, bytes) else request.SerializeToString()
+        self.send(pb.LANE_METHOD_SUBSCRIBE, body)
+
+    def next_event(self) -> pb.Event:
+        """The next event of this subscription, which must not have ended."""
+        status, body = self.read()
+        assert status == Code.OK, (status, body)
+        return pb.SubscribeResponse.FromString(body).event
+
+    def events(self) -> tuple[list[pb.Event], tuple[grpc.StatusCode, str]]:
+        """A subscription's events up to the frame that ends it, and that frame's status
+        and message."""
+        events = []
+        while (frame := self.read())[0] == Code.OK:
+            events.append(pb.SubscribeResponse.FromString(frame[1]).event)
+        return events, (frame[0], frame[1].decode())
 
     def hung_up(self) -> bool:
         try:
@@ -68,13 +91,19 @@ class RawLane:
             return True
 
 
+def subscription_path(subscription: Subscription) -> str:
+    """Which way a Python subscription runs: "lane" or "grpc"."""
+    return "lane" if isinstance(subscription._stream, LaneSubscription) else "grpc"
+
+
 def lane_path(server: Any) -> str:
     with server.client(transfer="inline") as store:
         return store._grpc_call("Info", pb.InfoRequest()).lane_socket
 
 
 def test_colocated_clients_use_the_lane(server: Any) -> None:
-    """The lane sits beside the socket, owner-only, and a colocated client takes it."""
+    """The lane sits beside the socket, owner-only, and a colocated client takes it, for
+    its subscriptions too (a connection each, which is no session); an inline one does not."""
     path = lane_path(server)
     assert path == server.socket_path + ".lane"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -83,6 +112,12 @@ def test_colocated_clients_use_the_lane(server: Any) -> None:
         assert store.colocated and store._local is not None and store._local.lane_path == path
         assert (store.get(object_id) == np.arange(10)).all()
         assert store.info().sessions == 1  # the lane connection is the session
+        with store.subscribe(since=1) as subscription:
+            assert subscription_path(subscription) == "lane"
+            assert next(iter(subscription)).object.id == object_id
+            assert store.info().sessions == 1
+    with server.client(transfer="inline") as store, store.subscribe() as subscription:
+        assert subscription_path(subscription) == "grpc"
 
 
 def test_raw_lane_calls_and_statuses(server: Any) -> None:
@@ -185,10 +220,14 @@ def test_lane_off_on_either_side(start_server: Any) -> None:
     with server.client() as store:
         assert store.colocated and store._local.lane_path == ""
         assert (store.get(store.put(np.arange(5))) == np.arange(5)).all()
+        with store.subscribe() as subscription:
+            assert subscription_path(subscription) == "grpc"
     other = start_server()
     with other.client(lane=False) as store:
         assert store.colocated and store._local.lane_path == ""
         assert store.get(store.put(b"x" * 100_000)) == b"x" * 100_000
+        with store.subscribe() as subscription:
+            assert subscription_path(subscription) == "grpc"
 
 
 def test_server_restart_reconnects_the_lane(start_server: Any) -> None:
@@ -247,3 +286,53 @@ def test_lane_requires_the_token_and_the_opening_frame(start_server: Any, tmp_pa
     assert skipped.call(pb.LANE_METHOD_PUT, put)[0] == Code.INVALID_ARGUMENT
     lane = RawLane(path, token="lane-secret")
     assert lane.call(pb.LANE_METHOD_INFO, b"")[0] == Code.OK
+
+
+def wait_until(condition: Any, what: str, timeout: float = 20.0) -> None:
+    """Poll until ``condition()`` holds (a bound against hangs, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_raw_lane_subscription(server: Any) -> None:
+    """LANE_METHOD_SUBSCRIBE on a raw connection: replayed then live events, one frame each,
+    filtered by prefix; the connection is no session; hanging up frees the subscriber."""
+    with server.client(transfer="inline") as store:
+        first = store.put(b"one", "raw/a")
+        store.put(b"other", "elsewhere")
+        baseline = store.info().sessions
+        lane = RawLane(lane_path(server))
+        lane.subscribe(pb.SubscribeRequest(prefix="raw/", since_sequence=1))
+        replayed = lane.next_event()
+        assert (replayed.sequence, replayed.meta.id) == (1, first.binary())
+        wait_until(lambda: store.info().subscriber_count == 1, "the subscriber registered")
+        assert store.info().sessions == baseline  # its session ended with LANE_METHOD_SUBSCRIBE
+        live = store.put(b"two", "raw/b")
+        event = lane.next_event()
+        assert (event.sequence, event.meta.id, event.type) == (3, live.binary(), pb.EVENT_TYPE_PUT)
+        lane.socket.close()
+        wait_until(lambda: store.info().subscriber_count == 0, "the subscriber left")
+
+
+@pytest.mark.parametrize("request_body,code", [
+    (b"\xff\xff\xff garbage", Code.INVALID_ARGUMENT),
+    (pb.SubscribeRequest(prefix="p" * 300).SerializeToString(), Code.INVALID_ARGUMENT),
+    (pb.SubscribeRequest(transfer=pb.TRANSFER_SHM, session_id="bogus").SerializeToString(),
+     Code.FAILED_PRECONDITION),
+], ids=["malformed", "long prefix", "no such session"])
+def test_raw_lane_subscription_refused(server: Any, request_body: bytes, code: Any) -> None:
+    """A SubscribeRequest the server refuses is one frame with the status (as on gRPC), then
+    the server hangs up; nothing is registered, and the server goes on serving."""
+    lane = RawLane(lane_path(server))
+    lane.subscribe(request_body)
+    events, (status, message) = lane.events()
+    assert (events, status) == ([], code), message
+    assert message
+    assert lane.hung_up()
+    with server.client() as store:
+        assert store.info().subscriber_count == 0
+        with store.subscribe(since=store.info().last_sequence + 1) as subscription:
+            object_id = store.put(b"still serving", "after")
+            assert next(iter(subscription)).object.id == object_id

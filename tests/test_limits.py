@@ -37,6 +37,7 @@ from test_bad_input import (
     stored_ids,
     stream_of,
 )
+from test_lane import RawLane, subscription_path
 from test_shm import RawSession
 
 from improv_store.client import InvalidRequest, StoreClient, StoreFull
@@ -401,4 +402,33 @@ def test_subscriber_limit(limited: Callable[..., Raw]) -> None:
         for call in calls:
             with contextlib.suppress(Exception):
                 call.cancel()
+    assert_serving(raw)
+
+
+def test_subscriber_limit_on_the_lane(limited: Callable[..., Raw]) -> None:
+    """With --max-subscribers 2 held by two lane subscriptions, a third (the Python client's
+    or a raw lane connection's) gets RESOURCE_EXHAUSTED naming the limit as its first frame,
+    and the client does not take it for falling behind; closing a lane subscription, even
+    one never read, frees its slot for a new one."""
+    raw = limited("--max-subscribers", "2")
+    with colocated(raw) as store:
+        first, second = store.subscribe(), store.subscribe()
+        assert subscription_path(first) == "lane"
+        settle(lambda: store.info().subscriber_count == 2, "two subscribed")
+        with pytest.raises(StoreFull, match="max_subscribers"), store.subscribe() as refused:
+            next(iter(refused))
+        lane = RawLane(raw.server.socket_path + ".lane")
+        lane.subscribe(pb.SubscribeRequest())
+        events, (status, message) = lane.events()
+        assert (events, status) == ([], Code.RESOURCE_EXHAUSTED)
+        assert "max_subscribers" in message
+        assert lane.hung_up()
+        first.close()
+        settle(lambda: store.info().subscriber_count == 1, "the closed subscriber left")
+        since = store.info().last_sequence + 1  # replayed: no race with the put
+        with store.subscribe(since=since) as third:
+            store.put(b"z", name="third")
+            assert next(iter(third)).object.name == "third"
+        second.close()
+        settle(lambda: store.info().subscriber_count == 0, "subscribers unregistered")
     assert_serving(raw)

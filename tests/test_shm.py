@@ -28,6 +28,7 @@ import crc32c
 import grpc
 import numpy as np
 import pytest
+from test_lane import subscription_path
 from test_verify import CLEAN, CORRUPT, verify
 
 from improv_store.client import DataCorrupted, ObjectID, ObjectNotFound, StoreClient, StoreFull
@@ -176,9 +177,11 @@ def peer() -> Iterator[Callable[[], Peer]]:
         each.close()
 
 
-def peer_connect(state: dict[str, Any], address: str, transfer: str | None = None) -> bool:
+def peer_connect(
+    state: dict[str, Any], address: str, transfer: str | None = None, lane: bool | None = None
+) -> bool:
     """Open this process's client; return whether it is colocated."""
-    state["store"] = StoreClient(address, timeout=PEER_TIMEOUT, transfer=transfer)
+    state["store"] = StoreClient(address, timeout=PEER_TIMEOUT, transfer=transfer, lane=lane)
     return state["store"].colocated
 
 
@@ -229,8 +232,9 @@ def peer_get_container(state: dict[str, Any], ref: Any) -> dict[str, Any]:
     }
 
 
-def peer_subscribe(state: dict[str, Any], prefix: str) -> int:
-    """Subscribe with values from just after the current sequence; events queue up."""
+def peer_subscribe(state: dict[str, Any], prefix: str) -> str:
+    """Subscribe with values from just after the current sequence; events queue up.
+    Returns the way the subscription runs ("lane" or "grpc")."""
     store = state["store"]
     since = store.info().last_sequence + 1
     subscription = store.subscribe(prefix, since=since, values=True)
@@ -254,7 +258,7 @@ def peer_subscribe(state: dict[str, Any], prefix: str) -> int:
     state["subscription"] = subscription
     state["events"] = events
     threading.Thread(target=follow, daemon=True).start()
-    return since
+    return subscription_path(subscription)
 
 
 def peer_next_event(state: dict[str, Any], timeout: float) -> dict[str, Any] | None:
@@ -850,17 +854,19 @@ def test_dict_of_frames_comes_back_as_shm_views_in_another_process(
 # -- 10. subscriptions with values ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "grpc"])
 def test_subscriber_in_another_process_receives_values_as_shm_views(
-    start_server: Any, peer: Callable[[], Peer]
+    start_server: Any, peer: Callable[[], Peer], lane: bool
 ) -> None:
-    """subscribe(values=True) in another process delivers each put and replace with the
-    stored array as a shared-memory view equal to what was put; deletes carry no value."""
+    """subscribe(values=True) in another process, over the lane or gRPC, delivers each put
+    and replace with the stored array as a shared-memory view (leased to the client's
+    session) equal to what was put; deletes carry no value."""
     server = start_server("--memory", "64M")
     first = random_array(512 * 1024, seed=11, dtype="<f8")
     second = random_array(256 * 1024, seed=12, dtype="<i4")
     watcher = peer()
-    assert watcher.call(peer_connect, server.unix_address)
-    watcher.call(peer_subscribe, "cam/")
+    assert watcher.call(peer_connect, server.unix_address, None, lane)
+    assert watcher.call(peer_subscribe, "cam/") == ("lane" if lane else "grpc")
     with server.client() as store:
         store.put(random_array(128 * 1024, seed=13), name="other/x")  # not subscribed to
         store.put(first, name="cam/frame")

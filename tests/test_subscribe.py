@@ -5,10 +5,15 @@ a different process from the writer (a disconnect is a process going away),
 the subscriber runs as a child Python process printing events as JSON lines.
 In-process subscribers are iterated on a daemon thread behind a queue, so a
 bug shows up as a bounded failure, never a hung suite.
+
+Each behaviour is checked on both of the Python client's paths (the ``lane``
+fixture): a colocated client subscribes over a lane connection of its own,
+one with the lane off over a gRPC stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -18,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +31,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import ServerProcess
+from test_lane import RawLane, subscription_path
 
 from improv_store.client import (
     Event,
@@ -52,9 +58,10 @@ from improv_store.client import HistoryUnavailable, StoreClient, StoreError
 
 address, prefix, since, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 since = None if since == "live" else int(since)
+lane = sys.argv[5] == "lane"
 seen = 0
 try:
-    with StoreClient(address) as store, store.subscribe(prefix, since=since) as events:
+    with StoreClient(address, lane=lane) as store, store.subscribe(prefix, since=since) as events:
         for event in events:
             print(json.dumps({
                 "sequence": event.sequence,
@@ -75,7 +82,21 @@ except StoreError as exc:
 """
 
 
-# -- helpers ------------------------------------------------------------------------------
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["lane", "grpc"])
+def lane(request: pytest.FixtureRequest) -> bool:
+    """Whether the clients of a test take the lane (subscriptions included) or gRPC."""
+    return request.param
+
+
+@pytest.fixture
+def store(server: ServerProcess, lane: bool) -> Iterator[StoreClient]:
+    """A colocated client of ``server``, on the lane or not."""
+    with server.client(lane=lane) as client:
+        yield client
+
 
 
 def record(event: Event) -> Record:
@@ -249,11 +270,13 @@ def wait_subscribers(store: StoreClient, count: int) -> None:
     wait_for(lambda: store.info().subscriber_count == count, f"{count} subscribers")
 
 
-def start_child(address: str, prefix: str, since: int | None, count: int) -> subprocess.Popen:
+def start_child(
+    address: str, prefix: str, since: int | None, count: int, lane: bool
+) -> subprocess.Popen:
     """A separate subscriber process printing ``count`` events as JSON lines, then exiting."""
     return subprocess.Popen(
         [sys.executable, "-c", SUBSCRIBER_SCRIPT, address, prefix,
-         "live" if since is None else str(since), str(count)],
+         "live" if since is None else str(since), str(count), "lane" if lane else "grpc"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -280,7 +303,9 @@ def assert_increasing(sequences: list[int]) -> None:
 # -- every change, once, in order ---------------------------------------------------------
 
 
-def test_every_change_seen_once_in_order(server: ServerProcess, store: StoreClient) -> None:
+def test_every_change_seen_once_in_order(
+    server: ServerProcess, store: StoreClient, lane: bool
+) -> None:
     """A live subscriber in another process sees each put, delete and replace exactly once,
     in order, with the right type, name, size and IDs, under consecutive sequences; a delete
     by name of k objects is k DELETE events; a replay from the first sequence is identical."""
@@ -288,7 +313,7 @@ def test_every_change_seen_once_in_order(server: ServerProcess, store: StoreClie
     mixed_operations(model)  # history a live-only subscriber must not see
     history = len(model.expected)
     count = history + 1  # the same operations again plus a sentinel: extras would show
-    live = start_child(server.unix_address, "", None, count)
+    live = start_child(server.unix_address, "", None, count, lane)
     replay: subprocess.Popen | None = None
     try:
         wait_subscribers(store, 1)
@@ -308,7 +333,7 @@ def test_every_change_seen_once_in_order(server: ServerProcess, store: StoreClie
 
         assert sequences[0] == history + 1
 
-        replay = start_child(server.unix_address, "", sequences[0], count)
+        replay = start_child(server.unix_address, "", sequences[0], count, lane)
         assert child_events(replay) == seen
     finally:
         for child in (live, replay):
@@ -317,11 +342,11 @@ def test_every_change_seen_once_in_order(server: ServerProcess, store: StoreClie
                 child.wait()
 
 
-def test_prefix_filter(server: ServerProcess, store: StoreClient) -> None:
+def test_prefix_filter(server: ServerProcess, store: StoreClient, lane: bool) -> None:
     """A prefix subscriber gets only events whose object name starts with it: not other
     names, not unnamed objects, including deletes and replaces of other names."""
     model = Model(store)
-    child = start_child(server.tcp_address, "acq_", None, 7)
+    child = start_child(server.tcp_address, "acq_", None, 7, lane)
     try:
         wait_subscribers(store, 1)
         mixed_operations(model)  # 6 acq_ events among 15
@@ -349,11 +374,11 @@ def test_prefix_filter(server: ServerProcess, store: StoreClient) -> None:
 # -- resuming -----------------------------------------------------------------------------
 
 
-def test_resume_after_disconnect(server: ServerProcess, store: StoreClient) -> None:
+def test_resume_after_disconnect(server: ServerProcess, store: StoreClient, lane: bool) -> None:
     """A subscriber process reads k events and exits while the writer keeps going; a new
     subscription from its last sequence + 1 delivers the rest: no gap, no duplicate."""
     model = Model(store)
-    child = start_child(server.unix_address, "", None, 5)
+    child = start_child(server.unix_address, "", None, 5, lane)
     try:
         wait_subscribers(store, 1)
         for index in range(10):
@@ -378,12 +403,12 @@ def test_resume_after_disconnect(server: ServerProcess, store: StoreClient) -> N
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
 
 
-def test_resume_across_clean_restart(start_server: StartServer) -> None:
+def test_resume_across_clean_restart(start_server: StartServer, lane: bool) -> None:
     """Subscriber reads part of the history, the server stops on SIGTERM (exit 0) and
     restarts on the same data; resuming from last + 1 on the new server yields every
     remaining event, including those written after the restart, none twice."""
     old = start_server(durability="sync")
-    with old.client() as store:
+    with old.client(lane=lane) as store:
         model = Model(store)
         with store.subscribe() as events:
             collector = Collector.of(events)
@@ -397,7 +422,7 @@ def test_resume_across_clean_restart(start_server: StartServer) -> None:
         assert [record(event) for event in seen] == model.expected[:4]
 
     new = start_server(durability="sync", data_dir=old.data_dir)
-    with new.client() as store:
+    with new.client(lane=lane) as store:
         model.store = store
         mixed_operations(model)
         model.put(b"end", "sentinel")
@@ -411,13 +436,13 @@ def test_resume_across_clean_restart(start_server: StartServer) -> None:
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))  # clean: no gap
 
 
-def test_resume_across_crash_sync(start_server: StartServer) -> None:
+def test_resume_across_crash_sync(start_server: StartServer, lane: bool) -> None:
     """SIGKILL mid-write in sync mode: every acknowledged put is replayable after restart,
     every replayed event a subscriber saw before the crash keeps its sequence and object,
     and sequences after the restart are larger than any a subscriber ever saw."""
     old = start_server(durability="sync")
     acknowledged: list[str] = []
-    with old.client() as store:
+    with old.client(lane=lane) as store:
         events = store.subscribe(since=1)
         collector = Collector.of(events)
         stop_writing = threading.Event()
@@ -446,7 +471,7 @@ def test_resume_across_crash_sync(start_server: StartServer) -> None:
     assert len(acknowledged) >= 1
 
     new = start_server(durability="sync", data_dir=old.data_dir)
-    with new.client() as store:
+    with new.client(lane=lane) as store:
         sentinel = store.put(b"after the crash", "sentinel").hex()
         with store.subscribe(since=1) as replay:
             collector = Collector.of(replay)
@@ -472,12 +497,12 @@ def test_resume_across_crash_sync(start_server: StartServer) -> None:
 
 
 @pytest.mark.parametrize("durability", ["sync", "async", "none"])
-def test_history_out_of_range(start_server: StartServer, durability: str) -> None:
+def test_history_out_of_range(start_server: StartServer, durability: str, lane: bool) -> None:
     """With --event-retention 10, after 30 puts, history from sequence 1 is HistoryUnavailable
     naming the oldest retained sequence (> 1); subscribing from that sequence replays every
     retained event from it on, then follows live events."""
     server = start_server("--event-retention", "10", durability=durability)
-    with server.client() as store:
+    with server.client(lane=lane) as store:
         ids = [store.put(f"frame {index}".encode(), "acq_f").hex() for index in range(30)]
         if durability == "async":
             wait_for(lambda: store.info().committed_sequence == 30, "the background commit")
@@ -500,11 +525,11 @@ def test_history_out_of_range(start_server: StartServer, durability: str) -> Non
     assert [(event.sequence, event.object.id.hex()) for event in live] == [(31, live_id)]
 
 
-def test_replay_without_durability(start_server: StartServer) -> None:
+def test_replay_without_durability(start_server: StartServer, lane: bool) -> None:
     """With durability none the in-memory log alone replays history: every change from
     the start, then live ones, with no seam between them."""
     server = start_server(durability="none")
-    with server.client() as store:
+    with server.client(lane=lane) as store:
         model = Model(store)
         mixed_operations(model)
         history = len(model.expected)
@@ -520,11 +545,11 @@ def test_replay_without_durability(start_server: StartServer) -> None:
     assert sequences == list(range(1, len(model.expected) + 1))
 
 
-def test_replay_seam_under_concurrent_writes(start_server: StartServer) -> None:
+def test_replay_seam_under_concurrent_writes(start_server: StartServer, lane: bool) -> None:
     """History that spans LMDB and the in-memory tail, replayed while a writer keeps
     writing, joins the live events with no gap and no duplicate."""
     server = start_server()
-    with server.client() as store:
+    with server.client(lane=lane) as store:
         written = [store.put(f"old {index}".encode(), "acq_f").hex() for index in range(1500)]
         wait_for(lambda: store.info().committed_sequence == 1500, "the background commit")
         more: list[str] = []
@@ -561,7 +586,7 @@ def test_stalled_subscriber_does_not_block_writers(
     # before the server's send blocks and its own 50-event buffer can fill; 2000 of these
     # are several times that.
     labels = {f"padding{index}": "p" * 1000 for index in range(10)}
-    with server.client() as store, grpc.insecure_channel(server.unix_address) as channel:
+    with server.client(lane=False) as store, grpc.insecure_channel(server.unix_address) as channel:
         raw = store_pb2_grpc.StoreServiceStub(channel).Subscribe(pb.SubscribeRequest())
         subscription = store.subscribe()
         wait_subscribers(store, 2)
@@ -586,43 +611,131 @@ def test_stalled_subscriber_does_not_block_writers(
         assert delivered == list(range(first_raw.sequence, first_raw.sequence + len(delivered)))
         assert int(trailers[RESUME_TRAILER]) == delivered[-1] + 1 <= last_sequence
 
-        with caplog.at_level(logging.WARNING, logger="improv_store.client.store_client"):
-            python_collector = Collector(python_events, subscription.close)
-            rest = python_collector.until(lambda event: event.object.id.hex() == ids[-1], 60)
-            python_collector.close()
-        got = [first_python, *rest]
-        assert [event.object.id.hex() for event in got] == ids
-        assert [event.sequence for event in got] == list(range(got[0].sequence, last_sequence + 1))
-        assert any("fell behind" in message for message in caplog.messages), (
-            "the subscription never overflowed, so auto-resume was not exercised"
-        )
+        assert_resumed_by_itself(caplog, subscription, python_events, first_python, ids)
         wait_subscribers(store, 0)
+
+
+@pytest.mark.timeout(180)
+def test_stalled_lane_subscriber_does_not_block_writers(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on the lane, where only the socket's buffer (a few hundred KiB) holds a
+    stalled stream: with --subscriber-buffer 50 and 500 puts of ~10 KiB, a raw lane
+    subscription ends with one RESOURCE_EXHAUSTED frame after the events it was sent, with
+    no gap, naming the first one it missed; the Python Subscription (resuming after its
+    last event) yields every event exactly once, in order."""
+    server = start_server("--subscriber-buffer", "50")
+    labels = {f"padding{index}": "p" * 1000 for index in range(10)}
+    with server.client() as store:
+        raw = RawLane(server.socket_path + ".lane")
+        raw.subscribe(pb.SubscribeRequest())
+        subscription = store.subscribe()
+        assert subscription_path(subscription) == "lane"
+        wait_subscribers(store, 2)
+        ids = [store.put(b"first", "acq_f", labels=labels).hex()]
+        first_raw = raw.next_event()
+        python_events = iter(subscription)
+        first_python = next(python_events)
+        assert first_raw.meta.id.hex() == first_python.object.id.hex() == ids[0]
+
+        for index in range(500):  # neither subscriber reads meanwhile
+            ids.append(store.put(f"frame {index}".encode(), "acq_f", labels=labels).hex())
+        last_sequence = store.info().last_sequence
+
+        rest_raw, (status, message) = raw.events()
+        assert status == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        delivered = [first_raw.sequence] + [event.sequence for event in rest_raw]
+        assert delivered == list(range(first_raw.sequence, first_raw.sequence + len(delivered)))
+        assert delivered[-1] < last_sequence
+        assert f"since_sequence={delivered[-1] + 1}" in message
+        assert raw.hung_up()
+
+        assert_resumed_by_itself(caplog, subscription, python_events, first_python, ids)
+        wait_subscribers(store, 0)
+
+
+def assert_resumed_by_itself(
+    caplog: pytest.LogCaptureFixture,
+    subscription: Subscription,
+    events: Iterator[Event],
+    first: Event,
+    ids: list[str],
+) -> None:
+    """Read on, the stalled ``subscription`` (its ``events`` after ``first``) yields every
+    object of ``ids`` once, in order, under consecutive sequences: it fell behind and
+    resumed by itself."""
+    with caplog.at_level(logging.WARNING, logger="improv_store.client.store_client"):
+        collector = Collector(events, subscription.close)
+        rest = collector.until(lambda event: event.object.id.hex() == ids[-1], 60)
+        collector.close()
+    got = [first, *rest]
+    assert [event.object.id.hex() for event in got] == ids
+    assert [event.sequence for event in got] == list(range(got[0].sequence, got[-1].sequence + 1))
+    assert any("fell behind" in message for message in caplog.messages), (
+        "the subscription never overflowed, so auto-resume was not exercised"
+    )
 
 
 # -- lifecycle ----------------------------------------------------------------------------
 
 
-def test_stalled_subscriber_that_leaves_is_unregistered(start_server: StartServer) -> None:
+def test_stalled_subscriber_that_leaves_is_unregistered(
+    start_server: StartServer, lane: bool
+) -> None:
     """A subscriber whose stream is backed up (the server blocked sending to it) and that
-    then cancels is unregistered, so dead subscribers do not pile up against the limit."""
+    then cancels (gRPC) or hangs up (lane) is unregistered, so dead subscribers do not pile
+    up against the limit."""
     server = start_server("--subscriber-buffer", "100000")
     labels = {f"padding{index}": "p" * 1000 for index in range(10)}
-    with server.client() as store, grpc.insecure_channel(server.unix_address) as channel:
-        raw = store_pb2_grpc.StoreServiceStub(channel).Subscribe(pb.SubscribeRequest())
+    with server.client() as store, contextlib.ExitStack() as stack:
+        leave = raw_subscription(server, lane, stack)
         wait_subscribers(store, 1)
-        for index in range(1000):  # ~10 MB, more than gRPC buffers for an unread stream
+        for index in range(1000):  # ~10 MB, more than gRPC or a socket buffers unread
             store.put(f"frame {index}".encode(), "acq_f", labels=labels)
         assert store.info().subscriber_count == 1
-        raw.cancel()
+        leave()
         wait_subscribers(store, 0)
 
 
+def raw_subscription(
+    server: ServerProcess, lane: bool, stack: contextlib.ExitStack
+) -> Callable[[], None]:
+    """Subscribe to everything on a lane connection or a gRPC stream and read nothing;
+    return how to leave (hang up, or cancel)."""
+    if lane:
+        connection = RawLane(server.socket_path + ".lane")
+        connection.subscribe(pb.SubscribeRequest())
+        stack.callback(connection.socket.close)
+        return connection.socket.close
+    channel = stack.enter_context(grpc.insecure_channel(server.unix_address))
+    call = store_pb2_grpc.StoreServiceStub(channel).Subscribe(pb.SubscribeRequest())
+    return call.cancel
+
+
+def test_close_from_another_thread(server: ServerProcess, store: StoreClient, lane: bool) -> None:
+    """close() from another thread ends an iteration blocked waiting for events, without
+    an error, and the server lets the subscriber go; so does closing the client."""
+    subscription = store.subscribe()
+    assert subscription_path(subscription) == ("lane" if lane else "grpc")
+    blocked = Collector(subscription)
+    wait_subscribers(store, 1)
+    subscription.close()
+    assert blocked.ending() == ([], None)
+    wait_subscribers(store, 0)
+
+    with server.client(lane=lane) as other:
+        blocked = Collector(other.subscribe())
+        wait_subscribers(store, 1)
+    assert blocked.ending() == ([], None)
+    wait_subscribers(store, 0)
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
-def test_shutdown_ends_subscription(start_server: StartServer, how: str) -> None:
+def test_shutdown_ends_subscription(start_server: StartServer, how: str, lane: bool) -> None:
     """When the server goes away, an open subscription (idle, waiting for live events)
     ends with StoreUnavailable rather than hanging."""
     server = start_server()
-    with server.client() as store:
+    with server.client(lane=lane) as store:
         with store.subscribe() as events:
             collector = Collector.of(events)
             wait_subscribers(store, 1)
@@ -635,16 +748,47 @@ def test_shutdown_ends_subscription(start_server: StartServer, how: str) -> None
             remaining, error = collector.ending()
         assert remaining == []
         assert isinstance(error, StoreUnavailable), error
+        if how == "sigterm":  # the server said why
+            assert "shutting down" in str(error), error
 
 
-def test_subscriber_count(server: ServerProcess, store: StoreClient) -> None:
+def test_values_subscription_renews_a_lost_session(
+    server: ServerProcess, store: StoreClient
+) -> None:
+    """subscribe(values=True) leases each value to the client's session; when that session
+    is gone (its lane connection or Session stream closed), the stream ends with
+    FAILED_PRECONDITION and the subscription opens a new session and goes on from the event
+    it missed: every value arrives, once, in order."""
+    arrays = [np.full(1 << 15, index, dtype="<f8") for index in range(3)]  # 256 KiB: shm
+    with server.client(transfer="inline") as observer, \
+            store.subscribe("v/", since=observer.info().last_sequence + 1, values=True) as sub:
+        collector = Collector.of(sub)
+        observer.put(arrays[0], "v/0")
+        first = collector.take(1)
+        sessions = observer.info().sessions
+        assert store._local is not None and store._local.session is not None
+        store._local.session.close()  # the session holding the values' leases ends
+        wait_for(lambda: observer.info().sessions == sessions - 1, "the session to end")
+        observer.put(arrays[1], "v/1")
+        observer.put(arrays[2], "v/2")
+        rest = collector.take(2)
+        collector.close()
+    got = first + rest
+    assert [event.object.name for event in got] == ["v/0", "v/1", "v/2"]
+    assert_increasing([event.sequence for event in got])
+    for event, array in zip(got, arrays, strict=True):
+        np.testing.assert_array_equal(event.value, array)
+        assert not event.value.flags.owndata  # a view on the store's shared memory
+
+
+def test_subscriber_count(server: ServerProcess, store: StoreClient, lane: bool) -> None:
     """Info.subscriber_count rises with each open subscription and falls back as they
     close: by close(), by the stream ending, and by the subscriber process being killed."""
     assert store.info().subscriber_count == 0
     first = store.subscribe()
     second = store.subscribe("acq_", since=1)
     wait_subscribers(store, 2)
-    child = start_child(server.unix_address, "", None, 1000)
+    child = start_child(server.unix_address, "", None, 1000, lane)
     try:
         wait_subscribers(store, 3)
         store.put(b"data", "acq_f")

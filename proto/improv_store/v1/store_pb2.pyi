@@ -35,6 +35,7 @@ class LaneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LANE_METHOD_LIST: _ClassVar[LaneMethod]
     LANE_METHOD_BATCH_PUT: _ClassVar[LaneMethod]
     LANE_METHOD_OPEN: _ClassVar[LaneMethod]
+    LANE_METHOD_SUBSCRIBE: _ClassVar[LaneMethod]
 
 class Transfer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -81,6 +82,7 @@ LANE_METHOD_INFO: LaneMethod
 LANE_METHOD_LIST: LaneMethod
 LANE_METHOD_BATCH_PUT: LaneMethod
 LANE_METHOD_OPEN: LaneMethod
+LANE_METHOD_SUBSCRIBE: LaneMethod
 TRANSFER_UNSPECIFIED: Transfer
 TRANSFER_INLINE: Transfer
 TRANSFER_SHM: Transfer
