@@ -71,11 +71,16 @@ class Committer:
         on_failure: Callable[[list[Change], StoreError], None] | None = None,
         observe: Callable[[int, float], None] | None = None,
         wal: WriteAheadLog | None = None,
+        durable_sequence: int = 0,
     ) -> None:
         """``on_commit(sequence)`` follows each LMDB commit, ``on_failure(changes, error)``
         each failed one (before its ticket fails; ``changes`` is empty when only logged
-        changes failed to reach LMDB); ``observe(changes, seconds)`` times LMDB commits.
-        ``wal`` (with ``group_commit`` only) makes batches durable in the log first."""
+        changes failed to reach LMDB); ``observe(changes, seconds)`` times each group
+        commit that makes changes durable (a log append, or an LMDB commit of new
+        changes; not the log's later application). ``wal`` (with ``group_commit``
+        only) makes batches durable in the log first. ``durable_sequence`` is the last
+        sequence already on disk."""
+        self.durable_sequence = durable_sequence  # the last sequence on disk, log or LMDB
         self._backend = backend
         self._on_failure = on_failure
         self._observe = observe
@@ -192,12 +197,14 @@ class Committer:
         not for the log (too large, no room, no log, or the log cannot be written)."""
         if self._wal is None or sum(c.payload_bytes for c in batch) > _LOGGED_PAYLOAD_LIMIT:
             return False
+        started = time.perf_counter()
         try:
             if not self._wal.append(batch):
                 return False
         except OSError as exc:
             log.warning("write-ahead log append failed, committing to LMDB instead: %s", exc)
             return False
+        self._made_durable(batch, started)
         if not self._logged:
             self._apply_by = time.monotonic() + self._interval
         self._logged += batch
@@ -223,15 +230,22 @@ class Committer:
         started = time.perf_counter()
         if self._wal is None:
             self._backend.write(changes)
+            written = changes
         else:
-            changes = self._logged + changes
-            self._backend.write(changes, applied_log=self._wal.generation)
+            written = self._logged + changes
+            self._backend.write(written, applied_log=self._wal.generation)
             self._wal.restart(self._wal.generation + 1)
             self._logged = []
+        if changes:
+            self._made_durable(changes, started)
+        self._on_commit(written[-1].event.sequence)  # before waiters wake: they may evict
+        self._answer_apply_requests()
+
+    def _made_durable(self, changes: list[Change], started: float) -> None:
+        """Note a group commit (in the log, or in LMDB directly) of ``changes``."""
+        self.durable_sequence = changes[-1].event.sequence
         if self._observe is not None:
             self._observe(len(changes), time.perf_counter() - started)
-        self._on_commit(changes[-1].event.sequence)  # before waiters wake: they may evict
-        self._answer_apply_requests()
 
     def _apply_logged(self) -> None:
         """Commit the logged changes to LMDB; on failure they stay logged (and durable)."""

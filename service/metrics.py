@@ -39,11 +39,12 @@ class StoreMetrics:
             ("method", "code"), buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.commit_seconds = Histogram(
-            "improv_store_commit_seconds", "LMDB commit latency, fsync included",
+            "improv_store_commit_seconds",
+            "Group commit latency (a write-ahead log append or an LMDB commit), fsync included",
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.commit_batch = Histogram(
-            "improv_store_commit_batch_changes", "Changes committed per LMDB transaction",
+            "improv_store_commit_batch_changes", "Changes made durable per group commit",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
         # (method, code) -> its counter and histogram: labels() costs more than the update.

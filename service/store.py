@@ -129,6 +129,7 @@ class Store:
                 on_failure=self._commit_failed,
                 observe=observe_commit,
                 wal=self._wal,
+                durable_sequence=self._last_sequence,
             )
 
     def _recover(self) -> int:
@@ -690,7 +691,7 @@ class Store:
                 total_bytes=self._table.total_bytes,
                 last_sequence=self._last_sequence,
                 oldest_sequence=self._events.oldest_sequence(self._last_sequence),
-                committed_sequence=self._events.committed_sequence if self._backend else 0,
+                committed_sequence=self._committer.durable_sequence if self._committer else 0,
                 start_time=Timestamp(seconds=int(self.start_time)),
                 subscriber_count=len(self._hub),
                 arena=pb.ArenaUsage(
