@@ -71,8 +71,13 @@ class SegmentMaps:
         self, exporter: ctypes.Array, lease_id: int, on_release: Callable[[int], None]
     ) -> None:
         """Run ``on_release(lease_id)`` once ``exporter`` and every view of it are garbage."""
-        self._finalizers[id(exporter)] = weakref.finalize(exporter, on_release, lease_id)
-        weakref.finalize(exporter, self._finalizers.pop, id(exporter), None)
+        key = id(exporter)
+        finalizer = weakref.finalize(exporter, self._released, key, on_release, lease_id)
+        self._finalizers[key] = finalizer
+
+    def _released(self, key: int, on_release: Callable[[int], None], lease_id: int) -> None:
+        self._finalizers.pop(key, None)
+        on_release(lease_id)
 
     def release_now(self, exporter: ctypes.Array) -> bool:
         """Release an exporter's lease before it is garbage; False if it has none (left)."""

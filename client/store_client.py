@@ -620,7 +620,7 @@ class StoreClient:
     def _get_streamed(self, object_id: bytes) -> Any:
         """Fetch a large payload as chunks, each copied once into the final object (numpy
         copies without the GIL, so gRPC's threads go on receiving meanwhile)."""
-        request = pb.GetStreamRequest(ref=pb.ObjectRef(id=object_id))
+        request = pb.GetStreamRequest(ref=pb.ObjectRef(id=object_id), chunk_size=wire.CHUNK_SIZE)
         try:
             stream = self._bulk["GetStream"](request, timeout=self.timeout)
             meta = pb.GetStreamResponse.FromString(next(stream)).meta
@@ -705,7 +705,7 @@ def _put_batch_size(limits: pb.Limits) -> int:
 def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[bytes]:
     """A PutStream's serialized messages: the header, then chunks encoded by hand."""
     yield pb.PutStreamRequest(header=header).SerializeToString()
-    for pieces in encoded.chunk_pieces(INLINE_LIMIT):
+    for pieces in encoded.chunk_pieces(wire.CHUNK_SIZE):
         yield wire.encode_chunk(pieces)
 
 

@@ -352,7 +352,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request: pb.GetStreamRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         """Yields serialized GetStreamResponses (``bulk_handlers``), chunks encoded by hand."""
-        chunk_size = min(request.chunk_size or self._inline_limit, self._inline_limit)
+        chunk_size = min(request.chunk_size or wire.CHUNK_SIZE, self._inline_limit)
         with self._streams.hold(context):
             obj = self._store.get(request.ref, _wait_seconds(request, context))
             with self._store.read(obj) as payload:
