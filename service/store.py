@@ -297,8 +297,9 @@ class Store:
             size=region.length,
             encoding=spec.encoding or pb.ENCODING_RAW,
             crc32c=checksum,
-            labels=spec.labels,
         )
+        if spec.labels:  # copying an empty map still costs a Python-level update()
+            meta.labels.update(spec.labels)
         if spec.HasField("array"):
             meta.array.CopyFrom(spec.array)
         _set_now(meta.create_time)
