@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from concurrent import futures
 
@@ -31,6 +32,7 @@ _STOP_SLACK = 5.0  # seconds to wait for gRPC's own shutdown after the grace per
 _SIGNAL_POLL = 0.2  # seconds between the main thread's checks for a stop signal
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+_SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits
 
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
 
@@ -191,6 +193,17 @@ def keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
+def hand_over_the_gil_sooner() -> None:
+    """Let a thread that wants the GIL wait at most 0.5 ms instead of Python's 5 ms.
+
+    A lane call is a few tens of microseconds of Python; when the committer
+    (serializing a batch for LMDB) or a gRPC stream holds the GIL, the call
+    waited up to a whole switch interval. Measured on a 1 MiB handoff between
+    two processes: p99 1.5-1.6 ms with 5 ms, 1.1-1.2 ms with 0.5 ms.
+    """
+    sys.setswitchinterval(_SWITCH_INTERVAL)
+
+
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly; return the exit code."""
     stop_requested = threading.Event()
@@ -200,6 +213,7 @@ def run(config: ServerConfig) -> int:
         stop_requested.set()
 
     keep_freed_memory()
+    hand_over_the_gil_sooner()
     try:
         server = StoreServer(config)
     except (RuntimeError, OSError) as exc:
