@@ -15,7 +15,6 @@ import contextlib
 import logging
 import queue
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from typing import TypeVar
@@ -23,14 +22,13 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from improv_store.laneframes import HEADER, ONE_WAY, frame, receive_exactly
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreUnavailable, error_for
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IB")
-ONE_WAY = 0x80
 _FLUSH_INTERVAL = 0.05
 # Releases ride along with a call once this many are queued; fewer wait (at most
 # _FLUSH_INTERVAL) for the flusher thread, so a get loop does not pay for them.
@@ -215,7 +213,7 @@ def _connect(path: str, token: str | None) -> tuple[socket.socket, str]:
 
 
 def _write(connection: socket.socket, method: int, body: bytes) -> None:
-    connection.sendall(HEADER.pack(len(body) + 1, method) + body)
+    connection.sendall(frame(method, body))
 
 
 def _read(connection: socket.socket) -> tuple[grpc.StatusCode, bytes]:
@@ -224,16 +222,11 @@ def _read(connection: socket.socket) -> tuple[grpc.StatusCode, bytes]:
     return _status_code(status), _receive(connection, length - 1)
 
 
-def _receive(connection: socket.socket, size: int) -> bytes:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
-    while received < size:
-        count = connection.recv_into(view[received:])
-        if count == 0:
-            raise ConnectionResetError("the store closed the lane")
-        received += count
-    return bytes(buffer) if size < (64 << 10) else buffer  # protobuf parses either
+def _receive(connection: socket.socket, size: int) -> bytes | bytearray:
+    received = receive_exactly(connection, size)
+    if received is None:
+        raise ConnectionResetError("the store closed the lane")
+    return bytes(received) if size < (64 << 10) else received  # protobuf parses either
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from improv_store.laneframes import HEADER, ONE_WAY, receive_exactly
 from improv_store.v1 import store_pb2 as pb
 
 from .access import token_matches
@@ -41,8 +41,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IB")
-ONE_WAY = 0x80
 _MAX_OPEN_FRAME = 64 << 10
 
 # method -> (servicer method name, request type)
@@ -282,7 +280,7 @@ class LaneServer:
     ) -> tuple[int, bytearray] | None:
         """The next frame's method byte and body; None when the peer closed, or when the
         frame's length is outside 1..``max_length`` (answered RESOURCE_EXHAUSTED)."""
-        header = _receive(connection, HEADER.size)
+        header = receive_exactly(connection, HEADER.size)
         if header is None:
             return None
         length, method = HEADER.unpack(header)
@@ -290,7 +288,7 @@ class LaneServer:
             self._send(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
                        f"frame of {length} bytes is outside 1..{max_length}".encode())
             return None
-        body = _receive(connection, length - 1)
+        body = receive_exactly(connection, length - 1)
         return None if body is None else (method, body)
 
     def _dispatch(self, method: int, body: bytearray) -> tuple[str, grpc.StatusCode, bytes]:
@@ -332,16 +330,3 @@ def _watch(connection: socket.socket, context: _StreamContext) -> None:
     with contextlib.suppress(OSError):
         connection.recv(1)
     context.end()
-
-
-def _receive(connection: socket.socket, size: int) -> bytearray | None:
-    """Exactly ``size`` bytes, or None if the peer closed first."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
-    while received < size:
-        count = connection.recv_into(view[received:])
-        if count == 0:
-            return None
-        received += count
-    return buffer

@@ -42,9 +42,9 @@ from hypothesis.stateful import (
 from test_lane import HEADER, RawLane
 
 from improv_store import wire
+from improv_store.laneframes import ONE_WAY
 from improv_store.service.arena import SHM_DIR
 from improv_store.service.lane import METHODS as LANE_METHODS
-from improv_store.service.lane import ONE_WAY
 from improv_store.service.locality import LOCK_SUFFIX, TOKEN_SUFFIX, store_prefix
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
