@@ -56,7 +56,7 @@ def _split(parts: Sequence[memoryview], at: int) -> tuple[list[memoryview], list
     before: list[memoryview] = []
     after: list[memoryview] = []
     for part in parts:
-        room = at - sum(len(view) for view in before)
+        room = max(at, 0)
         if room >= len(part):
             before.append(part)
         elif room > 0:
@@ -64,6 +64,7 @@ def _split(parts: Sequence[memoryview], at: int) -> tuple[list[memoryview], list
             after.append(part[room:])
         else:
             after.append(part)
+        at -= len(part)
     return before, after
 
 

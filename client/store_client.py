@@ -467,9 +467,8 @@ class StoreClient:
         new Create's), seal it with the payload's CRC32C; abort if filling fails."""
         session_id = self._session(local).session_id
         handle = self._reserved(local, session_id, size)
-        seal = pb.SealRequest(session_id=session_id, reserve_next=size)
-        if size > _RESERVE_MAX:
-            seal.reserve_next = 0
+        reserve_next = size if size <= _RESERVE_MAX else 0
+        seal = pb.SealRequest(session_id=session_id, reserve_next=reserve_next)
         if handle is None:
             request = pb.CreateRequest(session_id=session_id, spec=spec, size=size, replace=replace)
             handle = self._call("Create", request).handle

@@ -45,10 +45,6 @@ class EventLog:
             while len(self._tail) > _COMMITTED_TAIL and self._tail[0].sequence <= self._committed:
                 self._tail.popleft()
 
-    @property
-    def committed_sequence(self) -> int:
-        return self._committed
-
     def oldest_sequence(self, last_sequence: int) -> int:
         """The oldest sequence still replayable; ``last_sequence + 1`` when none is."""
         trimmed = self._backend.trimmed_through if self._backend else self._trimmed_through
