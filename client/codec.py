@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from improv_store.memory import back_with_huge_pages
 from improv_store.v1 import store_pb2 as pb
 
 from .checksum import copy_and_checksum
@@ -118,13 +119,16 @@ def fillable(size: int, encoding: int) -> tuple[bytes | np.ndarray, np.ndarray]:
     A RAW payload is decoded as ``bytes``, so it is made a bytes object from the
     start, uninitialised, as CPython's ``PyBytes_FromStringAndSize(NULL, size)``
     allows for exactly this: filling it before anyone else sees it. That saves
-    the final copy a bytes object built from the pieces would cost.
+    the final copy a bytes object built from the pieces would cost. A large
+    one is backed by huge pages, as numpy backs its arrays, which makes
+    filling it several times cheaper.
     """
     if encoding != pb.ENCODING_RAW or size == 0:
         array = np.empty(size, dtype=np.uint8)
         return array, array
     payload = _new_bytes(None, size)
     address = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value
+    back_with_huge_pages(address, size)
     return payload, np.frombuffer((ctypes.c_ubyte * size).from_address(address), np.uint8)
 
 

@@ -17,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from improv_store import wire
+from improv_store.memory import keep_freed_memory
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -41,6 +42,7 @@ from .shm import SegmentMaps, exporter_of, is_colocated, read_only
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "unix:///tmp/improv-store.sock"
+_OFF = ("0", "off", "no")  # environment values that turn a default-on setting off
 # Payloads above this go through the chunked streams; it matches the server's
 # default inline limit, and each chunk is at most this size.
 INLINE_LIMIT = 4 << 20
@@ -124,6 +126,12 @@ class StoreClient:
     ``tls_key`` a client certificate for mutual TLS, ``tls_server_name`` the
     name to check the server's certificate against; each defaults to
     ``$IMPROV_STORE_TLS_<NAME>``. Unix-socket addresses never use TLS.
+
+    Payloads that travel inline allocate and free megabyte buffers, so the
+    client asks glibc to keep freed memory for reuse (up to 256 MiB;
+    improv_store.memory.keep_freed_memory): a 100 MiB get over TCP is then
+    about 1.5x faster. It is a process-wide setting;
+    ``$IMPROV_STORE_KEEP_FREED_MEMORY=0`` leaves malloc as it is.
     """
 
     def __init__(
@@ -148,10 +156,12 @@ class StoreClient:
         self.transfer = transfer or os.environ.get("IMPROV_STORE_TRANSFER", "auto")
         self.lane = (
             lane if lane is not None
-            else os.environ.get("IMPROV_STORE_LANE", "on").lower() not in ("0", "off", "no")
+            else os.environ.get("IMPROV_STORE_LANE", "on").lower() not in _OFF
         )
         if self.transfer not in TRANSFER_MODES:
             raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {self.transfer!r}")
+        if os.environ.get("IMPROV_STORE_KEEP_FREED_MEMORY", "on").lower() not in _OFF:
+            keep_freed_memory()
         # The lane sends this token too; None when the server needs none.
         self._token = resolve_token(token, token_file)
         self._channel = open_channel(

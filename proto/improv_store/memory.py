@@ -1,0 +1,68 @@
+"""Process-wide memory tuning that both ends of a transfer need: glibc's malloc
+and transparent huge pages.
+
+Moving a payload through gRPC allocates and frees megabyte-sized buffers for
+every message, and a large get fills one fresh buffer. Both costs are page
+faults, not copies: on this kind of VM a 4 KiB page fault costs ~2 µs, so
+filling a fresh 100 MiB buffer took 55 ms where the copy alone takes 9.
+Shared by the client and the server, which import nothing else of each other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_MADV_HUGEPAGE = 14  # from linux/mman.h
+_HUGE_PAGE = 2 << 20
+_PAGE = 4096
+# Fresh buffers at least this large are backed by huge pages (numpy's threshold too).
+HUGE_PAGE_MIN_SIZE = 4 << 20
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel.
+
+    Every payload that travels inline allocates megabyte-sized buffers;
+    returned to the kernel each time, they page-fault back in on the next
+    call. Measured here: a 1 MiB inline Get 3x slower (3.6 ms against 1.2 ms),
+    and a 100 MiB GetStream received at 1.2-1.7 GB/s instead of 2.1-2.5
+    (bare grpcio, 1 MiB messages). Setting both thresholds also stops glibc
+    from moving them on its own. Allocations above 32 MiB are still mapped
+    afresh, and up to 256 MiB of freed heap is kept.
+    """
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:
+        return  # not glibc: nothing to tune
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+
+
+def back_with_huge_pages(address: int, size: int) -> None:
+    """Ask the kernel to back the not yet touched buffer at ``address`` with 2 MiB
+    pages, so that filling it costs one page fault per 2 MiB instead of per 4 KiB.
+
+    For fresh buffers of HUGE_PAGE_MIN_SIZE or more that are about to be filled
+    (numpy already does this for its own arrays). Measured: filling a fresh
+    100 MiB bytes object took 55 ms, 12 ms with huge pages. Only the whole
+    huge pages inside the buffer are advised; where the kernel does not
+    offer transparent huge pages this changes nothing.
+    """
+    madvise = getattr(_libc, "madvise", None)
+    if madvise is None or size < HUGE_PAGE_MIN_SIZE:
+        return
+    start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
+    end = (address + size) // _PAGE * _PAGE
+    if end - start < _HUGE_PAGE:
+        return
+    if madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_HUGEPAGE) != 0:
+        log.debug("madvise(MADV_HUGEPAGE) refused: errno %d", ctypes.get_errno())
