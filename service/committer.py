@@ -14,15 +14,19 @@ durable once appended to the log, and the log is applied to LMDB every
 interval, when it is half full, or when the store needs the memory of
 uncommitted objects; ``on_commit`` follows those LMDB commits, since only
 then may objects be evicted. A batch too large for the log goes straight
-to LMDB, together with everything logged before it.
+to LMDB, together with everything logged before it. A thread that submits
+many changes (the lane's loop) may append them to the log itself, as Redis
+does before it answers, instead of handing them to the committer's thread:
+see ``logging_in_this_thread``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -46,10 +50,28 @@ class Ticket:
     def __init__(self) -> None:
         self._done = threading.Event()
         self._error: StoreError | None = None
+        self._callbacks: list[Callable[[StoreError | None], object]] = []
+        self._lock = threading.Lock()
 
     def resolve(self, error: StoreError | None = None) -> None:
-        self._error = error
-        self._done.set()
+        with self._lock:
+            self._error = error
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(error)
+            except Exception:
+                log.exception("a commit callback failed")
+
+    def when_done(self, callback: Callable[[StoreError | None], object]) -> None:
+        """Call ``callback(error)`` once the batch is on disk (error None) or failed: at
+        once if it is, else from the committer's thread, which it must not hold up."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self._error)
 
     def wait(self) -> None:
         """Block until the batch is committed; raise the commit's error if it failed."""
@@ -101,6 +123,9 @@ class Committer:
         self._applied = Ticket()  # the next commit of the logged changes to LMDB
         self._apply_requested = False
         self._expected = 0  # changes the next logged batch may wait for
+        # Held by whichever thread writes the log or LMDB, so that batches land in order.
+        self._writing = threading.Lock()
+        self._logging_threads: set[int] = set()  # they log their own changes (log_pending)
         self._thread = threading.Thread(target=self._run, name="lmdb-committer", daemon=True)
         self._thread.start()
 
@@ -113,9 +138,61 @@ class Committer:
             if change.stored is not None:
                 self._queued_puts.add(change.stored[0].id)
             unread = {object_id for object_id in change.removed if object_id in self._queued_puts}
-            if self._group_commit:
+            # While the committer lingers it waits for the count it expects, and is only
+            # woken for that: each needless wake-up takes the interpreter from a writer.
+            if (self._group_commit and threading.get_ident() not in self._logging_threads
+                    and (len(self._pending) == 1 or len(self._pending) >= self._expected)):
                 self._cond.notify()
             return self._ticket, unread
+
+    @contextlib.contextmanager
+    def logging_in_this_thread(self) -> Iterator[bool]:
+        """For its duration the calling thread makes its own changes durable: what it
+        submits does not wake the committer's thread, and it calls ``log_pending`` once
+        it has submitted what it has for now. Yields False (and changes nothing)
+        without a write-ahead log.
+
+        One thread answering many writers (the lane's loop) then works as Redis does:
+        it takes what they sent, appends it to the log, and answers, with no hand-over
+        to another thread and back, which cost more than the fsync here.
+        """
+        if self._wal is None:
+            yield False
+            return
+        ident = threading.get_ident()
+        self._logging_threads.add(ident)
+        try:
+            yield True
+        finally:
+            self._logging_threads.discard(ident)
+            with self._cond:  # whatever it left queued is the committer's thread's now
+                if self._pending:
+                    self._cond.notify()
+
+    def log_pending(self) -> None:
+        """Append what is queued to the log, in the calling thread, if the log can take it
+        and the committer's thread is not writing; else leave it to that thread."""
+        if not self._writing.acquire(blocking=False):
+            return  # the committer's thread is writing, and takes what is queued next
+        try:
+            with self._cond:
+                if not self._pending:
+                    return
+                if self._payload(self._pending) > _LOGGED_PAYLOAD_LIMIT:
+                    self._cond.notify()  # for LMDB: the committer's thread does that
+                    return
+                batch, ticket = self._take()
+            starts_log = not self._logged
+            logged = self._log(batch, ticket)
+            with self._cond:
+                self._in_flight = None
+                if not logged:  # the log is full or failing (rare): LMDB, by the committer
+                    self._requeue(batch, ticket)
+                # The committer's thread writes LMDB: now, or when this first record is due.
+                if not logged or starts_log or self._apply_due():
+                    self._cond.notify()
+        finally:
+            self._writing.release()
 
     def commit_now(self) -> Ticket:
         """Commit what is queued to LMDB without waiting for the interval; return its ticket."""
@@ -147,18 +224,37 @@ class Committer:
                 self._wait_for_batch()
                 if not self._pending and self._closing:
                     break
-                batch, self._pending = self._pending, []
-                self._queued_puts = set()
-                ticket, self._ticket = self._ticket, Ticket()
-                self._commit_requested = False
-                self._in_flight = ticket if batch else None
-            if batch:
-                if not self._log(batch, ticket):
-                    self._commit(batch, ticket)
-                with self._cond:
-                    self._in_flight = None
-            if self._apply_due():
-                self._apply_logged()
+            with self._writing:
+                with self._cond:  # a thread logging its own may have taken them meanwhile
+                    batch, ticket = self._take()
+                if batch:
+                    if not self._log(batch, ticket):
+                        self._commit(batch, ticket)
+                    with self._cond:
+                        self._in_flight = None
+                if self._apply_due():
+                    self._apply_logged()
+        with self._writing:
+            self._finish_log()
+
+    def _take(self) -> tuple[list[Change], Ticket]:
+        """The queued changes and their ticket, as the batch now in flight (with _cond)."""
+        batch, self._pending = self._pending, []
+        self._queued_puts = set()
+        ticket, self._ticket = self._ticket, Ticket()
+        self._commit_requested = False
+        self._in_flight = ticket if batch else None
+        return batch, ticket
+
+    def _requeue(self, batch: list[Change], ticket: Ticket) -> None:
+        """Put a batch taken but not written back in front of the queue; its waiters are
+        answered with the batch it joins (with _cond)."""
+        self._pending[:0] = batch
+        self._queued_puts.update(c.stored[0].id for c in batch if c.stored is not None)
+        self._ticket.when_done(ticket.resolve)
+
+    def _finish_log(self) -> None:
+        """At close: apply what is logged to LMDB, or leave it for the next start."""
         if self._logged:
             self._apply_retry_at = 0.0
             self._apply_logged()
@@ -195,7 +291,7 @@ class Committer:
     def _log(self, batch: list[Change], ticket: Ticket) -> bool:
         """Make a batch of small changes durable in the write-ahead log; False if it is
         not for the log (too large, no room, no log, or the log cannot be written)."""
-        if self._wal is None or sum(c.payload_bytes for c in batch) > _LOGGED_PAYLOAD_LIMIT:
+        if self._wal is None or self._payload(batch) > _LOGGED_PAYLOAD_LIMIT:
             return False
         started = time.perf_counter()
         try:
@@ -212,6 +308,10 @@ class Committer:
             self._expected = len(batch) + len(self._pending)
         ticket.resolve()
         return True
+
+    @staticmethod
+    def _payload(changes: list[Change]) -> int:
+        return sum(change.payload_bytes for change in changes)
 
     def _apply_time(self) -> float | None:
         """When the logged changes are due in LMDB (monotonic); None if nothing is logged."""

@@ -185,18 +185,38 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
-        data = request.data  # each access to a bytes field copies it: read it once
-        self._check_inline(data)
-        return pb.PutResponse(meta=self._store.put(request.spec, data).meta)
+        response, ticket = self._put(request, replace=False)
+        self._store.await_durable(ticket)
+        return response
 
     @_statuses
     def Replace(
         self, request: pb.ReplaceRequest, context: grpc.ServicerContext
     ) -> pb.ReplaceResponse:
-        data = request.data
+        response, ticket = self._put(request, replace=True)
+        self._store.await_durable(ticket)
+        return response
+
+    @_statuses
+    def put_before_commit(
+        self, request: pb.PutRequest | pb.ReplaceRequest, context: grpc.ServicerContext
+    ) -> tuple[pb.PutResponse | pb.ReplaceResponse, Ticket | None]:
+        """Put or Replace (by the request's type), without waiting for a ``sync`` commit:
+        the response, and the ticket of the commit to wait for before sending it (None
+        when there is none to wait for). For the lane, which answers from the commit."""
+        response, ticket = self._put(request, replace=isinstance(request, pb.ReplaceRequest))
+        return response, ticket if self._store.config.durability == "sync" else None
+
+    def _put(
+        self, request: pb.PutRequest | pb.ReplaceRequest, *, replace: bool
+    ) -> tuple[pb.PutResponse | pb.ReplaceResponse, Ticket | None]:
+        data = request.data  # each access to a bytes field copies it: read it once
         self._check_inline(data)
-        stored = self._store.put(request.spec, data, replace=True)
-        return pb.ReplaceResponse(meta=stored.meta, replaced_ids=stored.replaced_ids)
+        stored = self._store.put(request.spec, data, replace=replace, wait=False)
+        if replace:
+            return pb.ReplaceResponse(meta=stored.meta, replaced_ids=stored.replaced_ids), \
+                stored.ticket
+        return pb.PutResponse(meta=stored.meta), stored.ticket
 
     def _check_inline(self, data: bytes) -> None:
         if len(data) > self._inline_limit:

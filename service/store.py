@@ -242,6 +242,21 @@ class Store:
             raise
         return self.insert(spec, region, checksum, replace=replace, wait=wait)
 
+    @contextlib.contextmanager
+    def logging_in_this_thread(self) -> Iterator[bool]:
+        """Let the calling thread append the changes it makes to the write-ahead log itself
+        (Committer.logging_in_this_thread); yields False if there is no log."""
+        if self._committer is None:
+            yield False
+            return
+        with self._committer.logging_in_this_thread() as logs:
+            yield logs
+
+    def log_pending(self) -> None:
+        """For a thread that logs its own changes: make what it submitted durable now."""
+        if self._committer is not None:
+            self._committer.log_pending()
+
     def await_durable(self, ticket: Ticket | None) -> None:
         """In ``sync`` mode, wait until the commit of ``ticket`` is on disk; raise if it failed."""
         if ticket is not None and self.config.durability == "sync":

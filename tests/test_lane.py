@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import signal
 import socket
 import stat
@@ -19,6 +20,7 @@ import pytest
 
 from improv_store.client import ObjectNotFound, StoreClient, Subscription
 from improv_store.client.lane import LaneSubscription
+from improv_store.laneframes import ONE_WAY
 from improv_store.v1 import store_pb2 as pb
 
 HEADER = struct.Struct("<IB")
@@ -336,3 +338,72 @@ def test_raw_lane_subscription_refused(server: Any, request_body: bytes, code: A
         with store.subscribe(since=store.info().last_sequence + 1) as subscription:
             object_id = store.put(b"still serving", "after")
             assert next(iter(subscription)).object.id == object_id
+
+
+def answered(lane: RawLane) -> bool:
+    """Whether an answer is waiting on ``lane`` (without reading it)."""
+    return bool(select.select([lane.socket], [], [], 0)[0])
+
+
+@pytest.mark.parametrize("durability", ["async", "sync"])
+def test_a_waiting_call_holds_up_no_other_connection(start_server: Any, durability: str) -> None:
+    """One thread serves every lane connection: a Get that waits for its object runs
+    elsewhere, so other connections' puts, gets, deletes and creates go on meanwhile;
+    it is answered when the object arrives."""
+    server = start_server(durability=durability)
+    waiting, busy = RawLane(lane_path(server)), RawLane(lane_path(server))
+    wait = pb.GetRequest(ref=pb.ObjectRef(name="later"))
+    wait.wait.FromSeconds(30)
+    waiting.send(pb.LANE_METHOD_GET, wait.SerializeToString())
+    for i in range(20):
+        put = pb.PutRequest(spec=pb.ObjectSpec(name=f"other{i}"), data=bytes([i]) * 100)
+        status, body = busy.call(pb.LANE_METHOD_PUT, put.SerializeToString())
+        assert status == Code.OK, body
+        get = pb.GetRequest(ref=pb.ObjectRef(name=f"other{i}"))
+        status, body = busy.call(pb.LANE_METHOD_GET, get.SerializeToString())
+        assert status == Code.OK and pb.GetResponse.FromString(body).data == bytes([i]) * 100
+    delete = pb.DeleteRequest(ref=pb.ObjectRef(name="other0"))
+    assert busy.call(pb.LANE_METHOD_DELETE, delete.SerializeToString())[0] == Code.OK
+    assert not answered(waiting)
+    put = pb.PutRequest(spec=pb.ObjectSpec(name="later"), data=b"at last")
+    assert busy.call(pb.LANE_METHOD_PUT, put.SerializeToString())[0] == Code.OK
+    status, body = waiting.read()
+    assert status == Code.OK and pb.GetResponse.FromString(body).data == b"at last"
+    # The connection that waited goes on as before.
+    assert waiting.call(pb.LANE_METHOD_INFO, b"")[0] == Code.OK
+
+
+def test_frames_in_pieces_and_back_to_back(server: Any) -> None:
+    """A frame that arrives a few bytes at a time is answered once whole; a one-way frame
+    and a call sent together are both handled, in order, and only the call answered."""
+    lane = RawLane(lane_path(server))
+    put = pb.PutRequest(spec=pb.ObjectSpec(name="pieces"), data=b"p" * 5000)
+    frame = HEADER.pack(len(put.SerializeToString()) + 1, pb.LANE_METHOD_PUT)
+    frame += put.SerializeToString()
+    for start in range(0, len(frame), 1000):
+        assert not answered(lane)
+        lane.socket.sendall(frame[start:start + 1000])
+        time.sleep(0.01)
+    status, body = lane.read()
+    assert status == Code.OK
+    object_id = pb.PutResponse.FromString(body).meta.id
+
+    get = pb.GetRequest(ref=pb.ObjectRef(id=object_id), transfer=pb.TRANSFER_SHM,
+                        session_id=lane.session_id)
+    status, body = lane.call(pb.LANE_METHOD_GET, get.SerializeToString())
+    lease_id = pb.GetResponse.FromString(body).handle.lease_id
+    assert status == Code.OK and lease_id
+    with server.client() as store:
+        pinned = store.info().arena_pinned
+        assert pinned > 0
+        release = pb.ReleaseRequest(session_id=lane.session_id, lease_ids=[lease_id])
+        info = pb.InfoRequest()
+        lane.socket.sendall(
+            HEADER.pack(len(release.SerializeToString()) + 1, pb.LANE_METHOD_RELEASE | ONE_WAY)
+            + release.SerializeToString()
+            + HEADER.pack(len(info.SerializeToString()) + 1, pb.LANE_METHOD_INFO)
+        )
+        status, body = lane.read()
+        assert status == Code.OK and pb.InfoResponse.FromString(body).version
+        assert store.info().arena_pinned < pinned
+        assert not answered(lane)
