@@ -46,8 +46,11 @@ class Lane:
     """An open lane connection; thread-safe (calls take turns)."""
 
     def __init__(self, path: str, token: str | None = None) -> None:
-        """Connect and open the session, presenting ``token`` if the server wants one."""
-        self._socket, self.session_id = _connect(path, token)
+        """Connect and open the session, presenting ``token`` if the server wants one.
+
+        ``opened`` is the server's answer: the session's ID and pin table."""
+        self._socket, self.opened = _connect(path, token)
+        self.session_id = self.opened.session_id
         self._lock = threading.Lock()
         self._releases: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -195,7 +198,7 @@ class LaneSubscription:
                 self._socket.close()
 
 
-def _connect(path: str, token: str | None) -> tuple[socket.socket, str]:
+def _connect(path: str, token: str | None) -> tuple[socket.socket, pb.SessionResponse]:
     """A lane connection with its session open (LANE_METHOD_OPEN), and the session's ID."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -209,7 +212,7 @@ def _connect(path: str, token: str | None) -> tuple[socket.socket, str]:
     if status != grpc.StatusCode.OK:
         connection.close()
         raise error_for(status, body.decode(errors="replace"))
-    return connection, pb.SessionResponse.FromString(body).session_id
+    return connection, pb.SessionResponse.FromString(body)
 
 
 def _write(connection: socket.socket, method: int, body: bytes) -> None:

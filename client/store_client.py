@@ -33,7 +33,7 @@ from .errors import (
     from_rpc_error,
 )
 from .ids import ObjectID
-from .index import IndexReader
+from .index import IndexReader, PinTable
 from .lane import Lane, LaneClosed, LaneSubscription
 from .models import Event, ObjectInfo, StoreInfo
 from .session import Session
@@ -313,6 +313,12 @@ class StoreClient:
         lane = local.session = Lane(local.lane_path, self._token)
         info = lane.call(pb.LANE_METHOD_INFO, pb.InfoRequest(), pb.InfoResponse)
         local.index = self._index_reader(local, info)
+        local.pins = None
+        if local.index is not None and info.object_index.views and lane.opened.pin_table:
+            try:
+                local.pins = PinTable(lane.opened.pin_table, lane.opened.pin_slots)
+            except (OSError, ValueError) as exc:
+                log.debug("not reading in place: pin table %s: %s", lane.opened.pin_table, exc)
         return lane
 
     def _index_reader(self, local: _Local, info: pb.InfoResponse) -> IndexReader | None:
@@ -330,17 +336,21 @@ class StoreClient:
         """The object read from the server's object index, or _NOT_INDEXED: ask the server.
 
         Only while this client's lane is up: a lane that hung up means the
-        server stopped, and its index may be stale.
+        server stopped, and its index may be stale (and its pins gone).
         """
         local = self._shared_memory()
         if local is None or local.index is None or isinstance(ref, str):
             return _NOT_INDEXED
         object_id = ref.binary() if isinstance(ref, ObjectID) else bytes(ref)
-        found = local.index.read(object_id)  # reading a dead server's table is harmless
+        # Reading a dead server's tables is harmless.
+        found = local.index.read(object_id, local.pins)
         session = local.session
         if found is None or session is None or not session.alive:
             return _NOT_INDEXED
-        return codec.decode(*found)
+        meta, payload = found
+        if isinstance(payload, ctypes.Array):  # in place, pinned until the result is garbage
+            return codec.decode(meta, read_only(payload))
+        return codec.decode(meta, payload)
 
     def _call_with_session(
         self,
@@ -690,6 +700,7 @@ class _Local:
     lane_path: str = ""
     session: Session | Lane | None = None
     index: IndexReader | None = None
+    pins: PinTable | None = None  # the lane session's, for reading large objects in place
     # (session ID, handle) of the region the server reserved for the next put.
     reservation: tuple[str, pb.ShmHandle] | None = None
     reservation_lock: threading.Lock = field(default_factory=threading.Lock)

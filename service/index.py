@@ -47,11 +47,16 @@ def supported() -> bool:
 class ObjectIndex:
     """The server's side of the index. Not thread-safe: the store's lock covers it."""
 
-    def __init__(self, name: str, slots: int, max_payload: int, segment_prefix: str) -> None:
+    def __init__(
+        self, name: str, slots: int, max_payload: int, segment_prefix: str, *, views: bool
+    ) -> None:
+        """``views``: list objects of ``max_payload`` bytes and more too, for readers that
+        pin them (pins.py)."""
         if slots & (slots - 1) or slots < MAX_PROBE:
             raise ValueError(f"index slots must be a power of two of at least {MAX_PROBE}")
         self.name = name
         self.max_payload = max_payload
+        self.views = views
         self._segment_prefix = segment_prefix
         self._mask = slots - 1
         self._slot_ids: list[bytes | None] = [None] * slots
@@ -73,15 +78,18 @@ class ObjectIndex:
             max_probe=MAX_PROBE,
             segment_prefix=self._segment_prefix,
             max_payload=self.max_payload,
+            views=self.views,
         )
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
     def publish(self, meta: pb.ObjectMeta, region: Region) -> None:
-        """List a resident object, if it is small, its layout fits a slot and a slot is free."""
+        """List a resident object, if it is small (or views are listed), its layout fits a
+        slot and a slot is free."""
         object_id = meta.id
-        if meta.size >= self.max_payload or object_id == _EMPTY_ID or object_id in self._slot_of:
+        too_large = meta.size >= self.max_payload and not self.views
+        if too_large or object_id == _EMPTY_ID or object_id in self._slot_of:
             return
         layout = pb.ObjectMeta(encoding=meta.encoding, size=meta.size)
         if meta.HasField("array"):

@@ -394,13 +394,12 @@ class LaneServer:
             self._refuse(connection, grpc.StatusCode.UNAUTHENTICATED, message)
             return
         try:
-            session_id, _ = self._store.open_session()
+            opened, _ = self._store.open_session()
         except StoreError as exc:  # the store is stopping
             self._refuse(connection, exc.code, exc.message)
             return
-        connection.session_id = session_id
-        hello = pb.SessionResponse(session_id=session_id).SerializeToString()
-        _send(connection, grpc.StatusCode.OK, hello)
+        connection.session_id = opened.session_id
+        _send(connection, grpc.StatusCode.OK, opened.SerializeToString())
 
     def _refuse(self, connection: _Connection, code: grpc.StatusCode, message: str) -> None:
         with contextlib.suppress(OSError):

@@ -6,7 +6,9 @@ evicted (a later read loads them back); pinned, uncommitted and memory-only
 objects never are. When nothing can be evicted the put fails at once with
 RESOURCE_EXHAUSTED: it never waits for memory. The object index, when there
 is one, lists exactly the resident objects that are not deleted: an object
-is withdrawn from it before its memory can be freed.
+is withdrawn from it before its memory can be freed. When clients read large
+listed objects in place (pins.py), memory a pin table still names is freed
+later instead, once no table names it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .arena import Arena, ArenaFull, Region
 from .errors import exhausted
 from .index import ObjectIndex
 from .objects import StoredObject
+from .pins import PinTables
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +29,20 @@ class ResidentSet:
     """The arena plus LRU bookkeeping. Not thread-safe: the store's lock covers it."""
 
     def __init__(
-        self, arena: Arena, *, evictable: bool, index: ObjectIndex | None = None
+        self,
+        arena: Arena,
+        *,
+        evictable: bool,
+        index: ObjectIndex | None = None,
+        pins: PinTables | None = None,
     ) -> None:
         self.arena = arena
         self.index = index
+        self.pins = pins
         self._evictable = evictable
         self._lru: OrderedDict[bytes, StoredObject] = OrderedDict()
+        # Regions of objects gone from the index that a reader still had pinned.
+        self._pinned_by_readers: list[tuple[bytes, Region]] = []
         self.evictions = 0
         self.pinned_bytes = 0
 
@@ -40,6 +51,7 @@ class ResidentSet:
 
     def allocate(self, length: int) -> Region:
         """A region for a new payload, evicting cold durable objects if needed."""
+        self.reclaim()
         while True:
             try:
                 return self.arena.allocate(length)
@@ -59,7 +71,7 @@ class ResidentSet:
                 del self._lru[object_id]
                 if self.index is not None:
                     self.index.withdraw(object_id)
-                self.arena.free(obj.region)
+                self._free_withdrawn(object_id, obj.region)
                 obj.region = None
                 self.evictions += 1
                 log.info(
@@ -102,8 +114,29 @@ class ResidentSet:
     def release_if_unused(self, obj: StoredObject) -> None:
         """Free a deleted object's region when no pin or pending commit needs it."""
         if obj.deleted and obj.region is not None and obj.pins == 0 and not obj.committing:
-            self.arena.free(obj.region)
+            self._free_withdrawn(obj.object_id, obj.region)
             obj.region = None
+
+    def _free_withdrawn(self, object_id: bytes, region: Region) -> None:
+        """Free the region of an object no longer in the index, unless a reader has it
+        pinned: then later (``reclaim``)."""
+        if self.pins is not None and self.pins.holds(object_id):
+            self._pinned_by_readers.append((object_id, region))
+        else:
+            self.arena.free(region)
+
+    def reclaim(self) -> None:
+        """Free what readers had pinned and no longer do."""
+        if not self._pinned_by_readers:
+            return
+        assert self.pins is not None
+        still = []
+        for object_id, region in self._pinned_by_readers:
+            if self.pins.holds(object_id):
+                still.append((object_id, region))
+            else:
+                self.arena.free(region)
+        self._pinned_by_readers = still
 
     def free(self, region: Region) -> None:
         """Return a region that never became an object's (failed put, abort)."""

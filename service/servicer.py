@@ -283,9 +283,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.SessionResponse]:
         with self._streams.hold(context):
-            session_id, ended = self._store.open_session()
+            opened, ended = self._store.open_session()
+            session_id = opened.session_id
             context.add_callback(lambda: self._store.close_session(session_id))
-            yield pb.SessionResponse(session_id=session_id)
+            yield opened
             # Releases are read on a thread of their own, so that this handler can
             # finish the stream as soon as the store stops, whatever the client does.
             threading.Thread(

@@ -45,6 +45,7 @@ from .index import supported as index_supported
 from .locality import ShmNamespace, arena_capacity
 from .memory import ResidentSet
 from .objects import ObjectTable, StoredObject
+from .pins import PinTables
 from .sessions import Sessions
 from .subscriptions import Subscriber, SubscriberHub
 
@@ -110,14 +111,13 @@ class Store:
             raise
         instance = os.urandom(3).hex()
         segment_prefix = f"{self.shm.prefix}{instance}-"
-        index = None
+        index = pins = None
         if config.index_slots and index_supported():
-            index = ObjectIndex(
-                f"{segment_prefix}index", config.index_slots, config.shm_min_size, segment_prefix
-            )
-        self._resident = ResidentSet(
-            Arena(segment_prefix, capacity), evictable=self._backend is not None, index=index
-        )
+            index = ObjectIndex(f"{segment_prefix}index", config.index_slots,
+                                config.shm_min_size, segment_prefix, views=True)
+            pins = PinTables(segment_prefix)
+        self._resident = ResidentSet(Arena(segment_prefix, capacity),
+                                     evictable=self._backend is not None, index=index, pins=pins)
         self._events = EventLog(self._backend, config.event_retention, trimmed_through)
         self._events.committed(self._last_sequence)
         if self._backend is not None:
@@ -538,12 +538,17 @@ class Store:
 
     # -- sessions and leases --------------------------------------------------------
 
-    def open_session(self) -> tuple[str, threading.Event]:
-        """A new session's ID, and the event set when it ends or the store stops."""
+    def open_session(self) -> tuple[pb.SessionResponse, threading.Event]:
+        """A new session (its ID and pin table, for the client), and the event set when it
+        ends or the store stops."""
         with self._lock:
             self._check_open()
             session = self._sessions.open()
-            return session.session_id, session.ended
+            opened = pb.SessionResponse(session_id=session.session_id)
+            if (pins := self._resident.pins) is not None:
+                opened.pin_table = pins.open(session.session_id)
+                opened.pin_slots = pins.slots
+            return opened, session.ended
 
     def check_session(self, session_id: str) -> None:
         """FAILED_PRECONDITION unless ``session_id`` names an open session."""
@@ -558,6 +563,9 @@ class Store:
                 self._resident.unpin(obj)
             for region in regions:
                 self._resident.free(region)
+            if (pins := self._resident.pins) is not None:
+                pins.close(session_id)
+                self._resident.reclaim()
         if objects or regions:
             log.debug(
                 "session %s ended holding %d leases and %d creates",
@@ -782,6 +790,8 @@ class Store:
             self._backend.close(last_sequence=self._last_sequence)
         if self._resident.index is not None:
             self._resident.index.close()
+        if self._resident.pins is not None:
+            self._resident.pins.close_all()
         self._resident.arena.close()
         self.shm.close()
         log.info("store closed at sequence %d", self._last_sequence)

@@ -1,4 +1,5 @@
-"""The shared-memory object index: colocated gets of small objects without a call.
+"""The shared-memory object index: colocated gets without a call, small objects copied
+out, large ones read in place under a pin.
 
 The index must make gets faster and never different: every test compares what
 the index path returns with what the server says, across deletes, memory
@@ -8,10 +9,12 @@ another process.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
 import random
+import signal
 import time
 from typing import Any
 
@@ -55,9 +58,6 @@ def test_small_gets_are_served_without_a_call(server: Any) -> None:
             assert store.get(ids[2]) == values[2]
             assert store.get_many(ids)[2] == values[2]
         assert requests_served(store) == before + 1  # only the Info call itself
-        large = store.put(np.zeros(1 << 20, dtype=np.uint8))  # shared memory, with a lease
-        assert store.get(large).nbytes == 1 << 20
-        assert requests_served(store) > before + 1
 
 
 def reader_process(address: str, ids: list[bytes], done: Any, results: Any) -> None:
@@ -156,7 +156,7 @@ def test_probing_and_backward_shift_against_a_model(tmp_path: Any) -> None:
     publishes and withdrawals in a 64-slot table where IDs collide constantly."""
     prefix = f"improvstore-test-{os.getpid()}-"
     arena = Arena(prefix, 4 << 20)
-    index = ObjectIndex(prefix + "index", 64, 1 << 16, prefix)
+    index = ObjectIndex(prefix + "index", 64, 1 << 16, prefix, views=False)
     try:
         reader = IndexReader(index.layout(), SegmentMaps())
         rng = random.Random(3)
@@ -184,3 +184,118 @@ def test_probing_and_backward_shift_against_a_model(tmp_path: Any) -> None:
     finally:
         index.close()
         arena.close()
+
+
+def test_large_objects_are_read_in_place_and_kept_while_viewed(start_server: Any) -> None:
+    """A large object is read in place with no call. Deleted meanwhile, its memory is
+    not reused while the view lives, however much is put after it; once the view is
+    garbage, the memory is reused."""
+    server = start_server("--memory", "16M", durability="none")
+    with server.client() as writer, server.client() as reader:
+        object_id = writer.put(np.full(2 << 20, 7, dtype=np.uint8))
+        reader.get(writer.put(b"open the lane"))
+        before = requests_served(reader)
+        view = reader.get(object_id)
+        again = reader.get(object_id)
+        assert requests_served(reader) == before + 1  # only the Info call itself
+        assert view.nbytes == 2 << 20 and not view.flags.writeable
+        writer.delete(object_id)
+        with pytest.raises(ObjectNotFound):
+            reader.get(object_id)
+        for n in range(40):  # 40 MiB through a 16 MiB arena, each freed after its put
+            writer.delete(writer.put(np.full(1 << 20, n, dtype=np.uint8)))
+        assert view.min() == view.max() == 7
+        held = writer.info().arena_used
+        del view, again
+        gc.collect()
+        writer.delete(writer.put(np.zeros(1 << 20, dtype=np.uint8)))  # reclaims on allocate
+        assert writer.info().arena_used <= held - (2 << 20)
+
+
+def hold_in_place(address: str, object_id: bytes, ready: Any) -> None:
+    """Child: read a large object in place, report its sum, then hang until killed."""
+    store = StoreClient(address)
+    store.get(store.put(b"open the lane"))
+    view = store.get(ObjectID(object_id))
+    ready.send(int(view.sum()))
+    time.sleep(600)
+
+
+def test_a_killed_readers_pins_are_dropped(start_server: Any) -> None:
+    """A client SIGKILLed while it reads a deleted object in place: its session ends, its
+    pin table with it, and the memory is freed."""
+    server = start_server("--memory", "16M", durability="none")
+    with server.client() as store:
+        object_id = store.put(np.ones(4 << 20, dtype=np.uint8))
+        parent, child = SPAWN.Pipe()
+        process = SPAWN.Process(target=hold_in_place,
+                                args=(server.unix_address, object_id.binary(), child))
+        process.start()
+        assert parent.recv() == 4 << 20
+        store.delete(object_id)
+        store.delete(store.put(b"x" * 100_000))
+        pinned = store.info().arena_used
+        assert pinned >= 4 << 20
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(10)
+        deadline = time.monotonic() + 10
+        while store.info().arena_used > pinned - (4 << 20) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.info().arena_used <= pinned - (4 << 20)
+
+
+def view_reader_process(address: str, ids: list[bytes], done: Any, results: Any) -> None:
+    """Read large objects in place over and over, checking each view twice: at once and
+    after the writer has had time to reuse memory."""
+    wrong = found = missing = 0
+    with StoreClient(address) as store:
+        store.get(store.put(b"open the lane"))
+        held: list[tuple[bytes, Any]] = []
+        while not done.is_set():
+            object_id = random.choice(ids)
+            try:
+                value = store.get(ObjectID(object_id))
+            except ObjectNotFound:
+                missing += 1
+                continue
+            found += 1
+            held.append((object_id, value))
+            if len(held) > 8:
+                checked_id, checked = held.pop(0)
+                if bytes(checked) != payload_for(checked_id, checked.nbytes):
+                    wrong += 1
+            if bytes(value) != payload_for(object_id, value.nbytes):
+                wrong += 1
+    results.put((wrong, found, missing))
+
+
+def test_an_in_place_reader_never_sees_memory_reused(start_server: Any) -> None:
+    """One process deletes and re-puts large objects through a small arena, so memory is
+    reused constantly, while another reads them in place and keeps a few views for a
+    while: every view always holds its own object's bytes."""
+    server = start_server("--memory", "16M", durability="none")
+    rng = random.Random(11)
+    ids = [rng.randbytes(20) for _ in range(24)]
+    sizes = {object_id: rng.randrange(64 << 10, 256 << 10) for object_id in ids}
+    done, results = SPAWN.Event(), SPAWN.Queue()
+    reader = SPAWN.Process(target=view_reader_process,
+                           args=(server.unix_address, ids, done, results))
+    with server.client() as store:
+        for object_id in ids:
+            store.put(np.frombuffer(payload_for(object_id, sizes[object_id]), np.uint8),
+                      id=object_id)
+        reader.start()
+        deadline = time.monotonic() + 4.0
+        rewrites = 0
+        while time.monotonic() < deadline:
+            object_id = rng.choice(ids)
+            store.delete(ObjectID(object_id))
+            sizes[object_id] = rng.randrange(64 << 10, 256 << 10)
+            store.put(np.frombuffer(payload_for(object_id, sizes[object_id]), np.uint8),
+                      id=object_id)
+            rewrites += 1
+        done.set()
+        wrong, found, missing = results.get(timeout=30)
+        reader.join(30)
+    assert wrong == 0, f"{wrong} of {found} views held bytes not their object's"
+    assert found > 100 and rewrites > 100, (found, missing, rewrites)

@@ -521,7 +521,8 @@ def test_next_segment_is_prepared_before_a_put_needs_it(start_server: Any) -> No
         while store.info().segments < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert store.info().segments == 2
-        assert len(shm_files(prefix) - {prefix + "token", prefix + "lock"}) == 3  # + index
+        # Two segments, the index, and this client's pin table.
+        assert len(shm_files(prefix) - {prefix + "token", prefix + "lock"}) == 4
         for _ in range(70):
             store.put(frame)  # into the spare; past its quarter, the next one is made
         deadline = time.monotonic() + SETTLE_TIMEOUT
@@ -710,7 +711,7 @@ def test_restart_after_crash_removes_stale_segments(start_server: Any) -> None:
     assert token_and_lock <= now
     segments = now - token_and_lock
     assert segments
-    file_pattern = re.escape(prefix) + r"([0-9a-f]+)-(\d+|index)"
+    file_pattern = re.escape(prefix) + r"([0-9a-f]+)-(\d+|index|pins-\d+)"
     instances = {re.fullmatch(file_pattern, name) for name in segments}
     assert None not in instances, segments
     new_instance = {match.group(1) for match in instances if match}

@@ -356,10 +356,14 @@ class SessionRequest(_message.Message):
     def __init__(self, release_lease_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "pin_table", "pin_slots")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PIN_TABLE_FIELD_NUMBER: _ClassVar[int]
+    PIN_SLOTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    pin_table: str
+    pin_slots: int
+    def __init__(self, session_id: _Optional[str] = ..., pin_table: _Optional[str] = ..., pin_slots: _Optional[int] = ...) -> None: ...
 
 class LaneOpenRequest(_message.Message):
     __slots__ = ("token",)
@@ -540,20 +544,22 @@ class InfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ..., object_index: _Optional[_Union[ObjectIndex, _Mapping]] = ...) -> None: ...
 
 class ObjectIndex(_message.Message):
-    __slots__ = ("name", "slots", "slot_size", "max_probe", "segment_prefix", "max_payload")
+    __slots__ = ("name", "slots", "slot_size", "max_probe", "segment_prefix", "max_payload", "views")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SLOT_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_PROBE_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     slots: int
     slot_size: int
     max_probe: int
     segment_prefix: str
     max_payload: int
-    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., slot_size: _Optional[int] = ..., max_probe: _Optional[int] = ..., segment_prefix: _Optional[str] = ..., max_payload: _Optional[int] = ...) -> None: ...
+    views: bool
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., slot_size: _Optional[int] = ..., max_probe: _Optional[int] = ..., segment_prefix: _Optional[str] = ..., max_payload: _Optional[int] = ..., views: _Optional[bool] = ...) -> None: ...
 
 class ServerStats(_message.Message):
     __slots__ = ("requests", "failed_requests", "commits", "commit_seconds", "committed_changes", "subscriber_lag", "open_streams")
