@@ -572,9 +572,10 @@ _WAIT_FOR_THEIR_COMMIT = frozenset(
 # Lane methods answered from the committer's thread in sync mode.
 _ANSWERED_FROM_THE_COMMIT = frozenset((pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE))
 _RECEIVE_SIZE = 256 << 10
-# A client that stops reading its answers is dropped after this long (the loop
-# sends most answers, and would otherwise wait for it).
-_SEND_TIMEOUT = 10.0
+# A client that stops reading its answers is dropped after this long. The loop
+# sends most answers and waits meanwhile, but only for such a client: one waiting
+# for its answer reads it at once, and one-way frames have none.
+_SEND_TIMEOUT = 2.0
 
 
 def _send(connection: _Connection, status: grpc.StatusCode, body: bytes) -> None:

@@ -60,11 +60,15 @@ def test_small_gets_are_served_without_a_call(server: Any) -> None:
         assert requests_served(store) == before + 1  # only the Info call itself
 
 
-def reader_process(address: str, ids: list[bytes], done: Any, results: Any) -> None:
-    """Get the IDs over and over until told to stop; report wrong payloads and counts."""
+def reader_process(
+    address: str, ids: list[bytes], held_views: int, done: Any, results: Any
+) -> None:
+    """Get the IDs over and over until told to stop, keeping the last ``held_views``
+    results and checking each again when it is dropped: report wrong payloads and counts."""
     wrong = found = missing = 0
     with StoreClient(address) as store:
         store.get(store.put(b"open the lane"))
+        held: list[tuple[bytes, Any]] = []
         while not done.is_set():
             object_id = random.choice(ids)
             try:
@@ -73,36 +77,56 @@ def reader_process(address: str, ids: list[bytes], done: Any, results: Any) -> N
                 missing += 1
                 continue
             found += 1
-            if value != payload_for(object_id, len(value)):
-                wrong += 1
+            wrong += not holds_its_payload(object_id, value)
+            held.append((object_id, value))
+            while len(held) > held_views:
+                wrong += not holds_its_payload(*held.pop(0))
     results.put((wrong, found, missing))
 
 
-def test_a_reader_never_sees_a_payload_that_is_being_replaced(server: Any) -> None:
+def holds_its_payload(object_id: bytes, value: Any) -> bool:
+    data = bytes(value)  # bytes, or the bytes of a uint8 array
+    return data == payload_for(object_id, len(data))
+
+
+@pytest.mark.parametrize(("kind", "sizes", "held_views"), [
+    ("small, copied", (1, 4096), 0),
+    ("large, in place", (64 << 10, 256 << 10), 8),
+])
+def test_a_reader_never_sees_a_payload_replaced_under_it(
+    start_server: Any, kind: str, sizes: tuple[int, int], held_views: int
+) -> None:
     """One process deletes and re-puts objects so their memory and slots are reused while
     another reads them through the index: each read is the object's own payload or
-    ObjectNotFound, never another object's bytes or a torn copy."""
+    ObjectNotFound, never another object's bytes or a torn copy; and a large object
+    read in place keeps its bytes for as long as the reader holds it, however much
+    memory is reused meanwhile (the arena is small)."""
+    server = start_server("--memory", "16M", durability="none")
     rng = random.Random(7)
-    ids = [rng.randbytes(20) for _ in range(64)]
-    sizes = {object_id: rng.randrange(1, 4096) for object_id in ids}
+    ids = [rng.randbytes(20) for _ in range(64 if held_views == 0 else 24)]
+
+    def payload(object_id: bytes) -> Any:
+        data = payload_for(object_id, rng.randrange(*sizes))  # a new size moves it
+        return data if held_views == 0 else np.frombuffer(data, np.uint8)
+
     done, results = SPAWN.Event(), SPAWN.Queue()
-    reader = SPAWN.Process(target=reader_process, args=(server.unix_address, ids, done, results))
+    reader = SPAWN.Process(target=reader_process,
+                           args=(server.unix_address, ids, held_views, done, results))
     with server.client() as store:
         for object_id in ids:
-            store.put(payload_for(object_id, sizes[object_id]), id=object_id)
+            store.put(payload(object_id), id=object_id)
         reader.start()
         deadline = time.monotonic() + 4.0
         rewrites = 0
         while time.monotonic() < deadline:
             object_id = rng.choice(ids)
             store.delete(ObjectID(object_id))
-            sizes[object_id] = rng.randrange(1, 4096)  # a new size moves it in the arena
-            store.put(payload_for(object_id, sizes[object_id]), id=object_id)
+            store.put(payload(object_id), id=object_id)
             rewrites += 1
         done.set()
         wrong, found, missing = results.get(timeout=30)
         reader.join(30)
-    assert wrong == 0, f"{wrong} of {found} reads returned a payload not the object's"
+    assert wrong == 0, f"{kind}: {wrong} of {found} reads held a payload not the object's"
     assert found > 100 and rewrites > 100, (found, missing, rewrites)
 
 
@@ -242,60 +266,3 @@ def test_a_killed_readers_pins_are_dropped(start_server: Any) -> None:
         while store.info().arena_used > pinned - (4 << 20) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert store.info().arena_used <= pinned - (4 << 20)
-
-
-def view_reader_process(address: str, ids: list[bytes], done: Any, results: Any) -> None:
-    """Read large objects in place over and over, checking each view twice: at once and
-    after the writer has had time to reuse memory."""
-    wrong = found = missing = 0
-    with StoreClient(address) as store:
-        store.get(store.put(b"open the lane"))
-        held: list[tuple[bytes, Any]] = []
-        while not done.is_set():
-            object_id = random.choice(ids)
-            try:
-                value = store.get(ObjectID(object_id))
-            except ObjectNotFound:
-                missing += 1
-                continue
-            found += 1
-            held.append((object_id, value))
-            if len(held) > 8:
-                checked_id, checked = held.pop(0)
-                if bytes(checked) != payload_for(checked_id, checked.nbytes):
-                    wrong += 1
-            if bytes(value) != payload_for(object_id, value.nbytes):
-                wrong += 1
-    results.put((wrong, found, missing))
-
-
-def test_an_in_place_reader_never_sees_memory_reused(start_server: Any) -> None:
-    """One process deletes and re-puts large objects through a small arena, so memory is
-    reused constantly, while another reads them in place and keeps a few views for a
-    while: every view always holds its own object's bytes."""
-    server = start_server("--memory", "16M", durability="none")
-    rng = random.Random(11)
-    ids = [rng.randbytes(20) for _ in range(24)]
-    sizes = {object_id: rng.randrange(64 << 10, 256 << 10) for object_id in ids}
-    done, results = SPAWN.Event(), SPAWN.Queue()
-    reader = SPAWN.Process(target=view_reader_process,
-                           args=(server.unix_address, ids, done, results))
-    with server.client() as store:
-        for object_id in ids:
-            store.put(np.frombuffer(payload_for(object_id, sizes[object_id]), np.uint8),
-                      id=object_id)
-        reader.start()
-        deadline = time.monotonic() + 4.0
-        rewrites = 0
-        while time.monotonic() < deadline:
-            object_id = rng.choice(ids)
-            store.delete(ObjectID(object_id))
-            sizes[object_id] = rng.randrange(64 << 10, 256 << 10)
-            store.put(np.frombuffer(payload_for(object_id, sizes[object_id]), np.uint8),
-                      id=object_id)
-            rewrites += 1
-        done.set()
-        wrong, found, missing = results.get(timeout=30)
-        reader.join(30)
-    assert wrong == 0, f"{wrong} of {found} views held bytes not their object's"
-    assert found > 100 and rewrites > 100, (found, missing, rewrites)
