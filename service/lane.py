@@ -224,15 +224,15 @@ class LaneServer:
     def _serve(self, logs_own: bool) -> None:
         """Take connections and frames as they come, until stop()."""
         while not self._stopping:
-            for fd, _ in self._epoll.poll():
-                connection = self._by_fd.get(fd)
-                if connection is not None:
-                    self._receive(connection)
-                elif fd == self._wake_reader.fileno():
-                    with contextlib.suppress(BlockingIOError):
-                        self._wake_reader.recv(4096)
-                elif fd == self._listener.fileno():
-                    self._accept()
+            self._handle_events(self._epoll.poll())
+            if logs_own:
+                # Frames that arrived while this round was handled join its append:
+                # writers answered together come back at about the same time.
+                for _ in range(_LOOKS_BEFORE_LOGGING):
+                    events = self._epoll.poll(0)
+                    if not events:
+                        break
+                    self._handle_events(events)
             # What this round stored becomes durable now, in one append, and its
             # writers are answered (Redis's way); then go on where calls ended.
             while True:
@@ -241,6 +241,17 @@ class LaneServer:
                 if not self._resumed:
                     break
                 self._take_resumed()
+
+    def _handle_events(self, events: list[tuple[int, int]]) -> None:
+        for fd, _ in events:
+            connection = self._by_fd.get(fd)
+            if connection is not None:
+                self._receive(connection)
+            elif fd == self._wake_reader.fileno():
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_reader.recv(4096)
+            elif fd == self._listener.fileno():
+                self._accept()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -572,6 +583,10 @@ _WAIT_FOR_THEIR_COMMIT = frozenset(
 # Lane methods answered from the committer's thread in sync mode.
 _ANSWERED_FROM_THE_COMMIT = frozenset((pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE))
 _RECEIVE_SIZE = 256 << 10
+# In sync mode, how many more times the loop looks for frames before it appends a
+# round to the log (four writers of 1 KiB: ~5,000 puts/s without, ~6,000 with 3;
+# looking longer delays the append more than it fills it).
+_LOOKS_BEFORE_LOGGING = 3
 # A client that stops reading its answers is dropped after this long. The loop
 # sends most answers and waits meanwhile, but only for such a client: one waiting
 # for its answer reads it at once, and one-way frames have none.
