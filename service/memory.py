@@ -122,6 +122,7 @@ class ResidentSet:
         pinned: then later (``reclaim``)."""
         if self.pins is not None and self.pins.holds(object_id):
             self._pinned_by_readers.append((object_id, region))
+            self.pinned_bytes += region.length
         else:
             self.arena.free(region)
 
@@ -135,6 +136,7 @@ class ResidentSet:
             if self.pins.holds(object_id):
                 still.append((object_id, region))
             else:
+                self.pinned_bytes -= region.length
                 self.arena.free(region)
         self._pinned_by_readers = still
 

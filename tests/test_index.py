@@ -230,6 +230,7 @@ def test_large_objects_are_read_in_place_and_kept_while_viewed(start_server: Any
             writer.delete(writer.put(np.full(1 << 20, n, dtype=np.uint8)))
         assert view.min() == view.max() == 7
         held = writer.info().arena_used
+        assert writer.info().arena_pinned >= 2 << 20  # kept for the reader
         del view, again
         gc.collect()
         writer.delete(writer.put(np.zeros(1 << 20, dtype=np.uint8)))  # reclaims on allocate
