@@ -142,9 +142,9 @@ class LaneServer:
     against ~30 µs of Python).
 
     Calls that may wait run on a pool of threads: a Get or BatchGet that asks
-    to wait, and in ``sync`` mode Delete, Seal and BatchPut, which wait for
-    their commit. A ``sync`` Put or Replace is stored at once and answered
-    when its commit is on disk: the loop appends what each round of frames
+    to wait, and in ``sync`` mode BatchPut, which waits for its commits. A
+    ``sync`` Put, Replace, Delete or Seal is made at once and answered when
+    its commit is on disk: the loop appends what each round of frames
     stored to the write-ahead log itself, then answers (as Redis does), unless
     the committer's thread is writing, which then answers them. A Subscribe
     takes its connection to a thread of its own.
@@ -434,7 +434,7 @@ class LaneServer:
             self._answer(connection, name, started, one_way, exc.code, exc.message.encode())
             return
         if self._sync and method in _ANSWERED_FROM_THE_COMMIT:
-            self._put_then_answer_at_commit(connection, name, request, started, one_way)
+            self._change_then_answer_at_commit(connection, name, request, started, one_way)
         elif self._may_wait(method, request):
             connection.busy = True
             self._workers.submit(self._call_elsewhere, connection, name, request, started,
@@ -473,12 +473,12 @@ class LaneServer:
         finally:
             self._done_elsewhere(connection)
 
-    def _put_then_answer_at_commit(self, connection: _Connection, name: str, request: Any,
-                                   started: float, one_way: bool) -> None:
-        """A ``sync`` Put or Replace: stored now, answered once its commit is on disk (or
-        failed), by whichever thread wrote it, so that no thread waits for it."""
+    def _change_then_answer_at_commit(self, connection: _Connection, name: str,
+                                      request: Any, started: float, one_way: bool) -> None:
+        """A ``sync`` Put, Replace, Delete or Seal: made now, answered once its commit is on
+        disk (or failed), by whichever thread wrote it, so that no thread waits for it."""
         try:
-            response, ticket = self._servicer.put_before_commit(request, _LaneContext())
+            response, ticket = self._servicer.before_commit(request, _LaneContext())
         except LaneAbort as exc:
             self._answer(connection, name, started, one_way, exc.code, exc.message.encode())
             return
@@ -577,11 +577,11 @@ class LaneServer:
 
 
 # Lane methods that wait for their commit in sync mode, run on a worker thread.
-_WAIT_FOR_THEIR_COMMIT = frozenset(
-    (pb.LANE_METHOD_DELETE, pb.LANE_METHOD_SEAL, pb.LANE_METHOD_BATCH_PUT)
+_WAIT_FOR_THEIR_COMMIT = frozenset((pb.LANE_METHOD_BATCH_PUT,))
+# Lane methods answered at their commit in sync mode (StoreServicer.before_commit).
+_ANSWERED_FROM_THE_COMMIT = frozenset(
+    (pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE, pb.LANE_METHOD_DELETE, pb.LANE_METHOD_SEAL)
 )
-# Lane methods answered from the committer's thread in sync mode.
-_ANSWERED_FROM_THE_COMMIT = frozenset((pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE))
 _RECEIVE_SIZE = 256 << 10
 # In sync mode, how many more times the loop looks for frames before it appends a
 # round to the log (four writers of 1 KiB: ~5,000 puts/s without, ~6,000 with 3;

@@ -157,6 +157,9 @@ def _wait_seconds(request: Any, context: grpc.ServicerContext) -> float:
     return min(wait, remaining) if remaining is not None else wait
 
 
+_Write = pb.PutRequest | pb.ReplaceRequest | pb.DeleteRequest | pb.SealRequest
+
+
 class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     """Implements improv_store.v1.StoreService over a Store."""
 
@@ -173,6 +176,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self._inline_limit = store.config.inline_limit
         self._shm_min_size = store.config.shm_min_size
         self._streams = StreamSlots(store.config.max_streams)
+        self._writes: dict[type, Callable[[Any], tuple[Message, Ticket | None]]] = {
+            pb.PutRequest: self._put,
+            pb.ReplaceRequest: self._put,
+            pb.DeleteRequest: self._delete,
+            pb.SealRequest: self._seal,
+        }
 
     def _wants_handle(self, transfer: int, session_id: str, size: int) -> bool:
         """Whether this payload goes by shared memory; checks the session when it does."""
@@ -183,35 +192,38 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     # -- writes -------------------------------------------------------------------
 
+    # Writes come in two halves: the change, which returns the response and the ticket of
+    # the commit that makes it durable, and in sync mode the wait for that commit. The
+    # lane does not wait: it answers from the commit (``before_commit``).
+
     @_statuses
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
-        response, ticket = self._put(request, replace=False)
-        self._store.await_durable(ticket)
-        return response
+        return self._after_commit(*self._put(request))
 
     @_statuses
     def Replace(
         self, request: pb.ReplaceRequest, context: grpc.ServicerContext
     ) -> pb.ReplaceResponse:
-        response, ticket = self._put(request, replace=True)
+        return self._after_commit(*self._put(request))
+
+    @_statuses
+    def before_commit(
+        self, request: _Write, context: grpc.ServicerContext
+    ) -> tuple[Message, Ticket | None]:
+        """Put, Replace, Delete or Seal (by the request's type) without waiting for its
+        ``sync`` commit: the response, and the ticket of the commit to wait for before
+        sending it (None when there is none to wait for)."""
+        response, ticket = self._writes[type(request)](request)
+        return response, ticket if self._store.config.durability == "sync" else None
+
+    def _after_commit(self, response: Message, ticket: Ticket | None) -> Any:
         self._store.await_durable(ticket)
         return response
 
-    @_statuses
-    def put_before_commit(
-        self, request: pb.PutRequest | pb.ReplaceRequest, context: grpc.ServicerContext
-    ) -> tuple[pb.PutResponse | pb.ReplaceResponse, Ticket | None]:
-        """Put or Replace (by the request's type), without waiting for a ``sync`` commit:
-        the response, and the ticket of the commit to wait for before sending it (None
-        when there is none to wait for). For the lane, which answers from the commit."""
-        response, ticket = self._put(request, replace=isinstance(request, pb.ReplaceRequest))
-        return response, ticket if self._store.config.durability == "sync" else None
-
-    def _put(
-        self, request: pb.PutRequest | pb.ReplaceRequest, *, replace: bool
-    ) -> tuple[pb.PutResponse | pb.ReplaceResponse, Ticket | None]:
+    def _put(self, request: pb.PutRequest | pb.ReplaceRequest) -> tuple[Message, Ticket | None]:
         data = request.data  # each access to a bytes field copies it: read it once
         self._check_inline(data)
+        replace = isinstance(request, pb.ReplaceRequest)
         stored = self._store.put(request.spec, data, replace=replace, wait=False)
         if replace:
             return pb.ReplaceResponse(meta=stored.meta, replaced_ids=stored.replaced_ids), \
@@ -274,7 +286,11 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        return pb.DeleteResponse(deleted_ids=self._store.delete(request.ref))
+        return self._after_commit(*self._delete(request))
+
+    def _delete(self, request: pb.DeleteRequest) -> tuple[Message, Ticket | None]:
+        deleted, ticket = self._store.delete(request.ref, wait=False)
+        return pb.DeleteResponse(deleted_ids=deleted), ticket
 
     # -- colocated writes and leases ----------------------------------------------
 
@@ -325,6 +341,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @_statuses
     def Seal(self, request: pb.SealRequest, context: grpc.ServicerContext) -> pb.SealResponse:
+        return self._after_commit(*self._seal(request))
+
+    def _seal(self, request: pb.SealRequest) -> tuple[Message, Ticket | None]:
         stored = self._store.seal(
             request.session_id,
             request.handle,
@@ -332,7 +351,18 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             checksum=request.crc32c if request.HasField("crc32c") else None,
             spec=request.spec if request.HasField("spec") else None,
             replace=request.replace,
+            wait=False,
         )
+        if stored.handle is not None and stored.ticket is not None:
+            session_id, lease_id = request.session_id, stored.handle.lease_id
+
+            def release_if_failed(error: StoreError | None) -> None:
+                """A lease on an object whose commit failed is not the writer's after all."""
+                if error is not None:
+                    with contextlib.suppress(StoreError):  # the session may have ended
+                        self._store.release(session_id, [lease_id])
+
+            stored.ticket.when_done(release_if_failed)
         response = pb.SealResponse(
             meta=stored.meta, replaced_ids=stored.replaced_ids, handle=stored.handle
         )
@@ -340,7 +370,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             reserved = self._store.reserve_next(request.session_id, request.reserve_next)
             if reserved is not None:
                 response.next_handle.CopyFrom(reserved)
-        return response
+        return response, stored.ticket
 
     @_statuses
     def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.AbortResponse:

@@ -349,8 +349,9 @@ class Store:
             self._changed.notify_all()
         return Stored(meta=meta, replaced_ids=replaced, handle=handle, ticket=ticket)
 
-    def delete(self, ref: pb.ObjectRef) -> list[bytes]:
-        """Delete one object by ID, or every object with a name; return the deleted IDs."""
+    def delete(self, ref: pb.ObjectRef, *, wait: bool = True) -> tuple[list[bytes], Ticket | None]:
+        """Delete one object by ID, or every object with a name; return the deleted IDs, and
+        the ticket of the commit that makes it durable (see ``put`` for ``wait``)."""
         validation.check_ref(ref, self.config.max_name_length)
         ticket = None
         with self._lock:
@@ -364,8 +365,9 @@ class Store:
             self._reserve_sequences(len(ids))
             for object_id in ids:
                 ticket = self._delete_locked(object_id)
-        self.await_durable(ticket)
-        return ids
+        if wait:
+            self.await_durable(ticket)
+        return ids, ticket
 
     def _delete_locked(self, object_id: bytes) -> Ticket | None:
         """Remove a stored object and record its DELETE event (sequences reserved)."""
@@ -498,6 +500,7 @@ class Store:
         checksum: int | None = None,
         spec: pb.ObjectSpec | None = None,
         replace: bool = False,
+        wait: bool = True,
     ) -> Stored:
         """Store a region the session filled, checked against the handle it was given.
 
@@ -505,7 +508,8 @@ class Store:
         lease). ``checksum`` is the writer's CRC32C of the region, recorded as
         given (see SealRequest.crc32c); without it the region is read to compute it.
         ``spec`` and ``replace`` declare the object of a region from ``reserve_next``
-        (and only of one: a Create declared its object already).
+        (and only of one: a Create declared its object already). ``wait`` as for
+        ``put``; without it, a lease kept is the caller's to release if the commit fails.
         """
         with self._lock:
             pending = self._sessions.take_create(self._sessions.get(session_id), handle)
@@ -527,7 +531,7 @@ class Store:
             raise
         return self.insert(
             spec, pending.region, checksum, replace=replace,
-            lease_to=session_id if keep_lease else None,
+            lease_to=session_id if keep_lease else None, wait=wait,
         )
 
     def abort(self, session_id: str, handle: pb.ShmHandle) -> None:

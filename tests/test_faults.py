@@ -98,21 +98,30 @@ def assert_all_back(store: StoreClient, acked: dict[ObjectID, bytes]) -> None:
         assert crc32c.crc32c(store.get(object_id)) == crc32c.crc32c(data)
 
 
-def test_full_disk_sync(small_disk: Path, start_server: Callable[..., ServerProcess]) -> None:
+@pytest.mark.parametrize("transfer", ["inline", "auto"])
+def test_full_disk_sync(
+    small_disk: Path, start_server: Callable[..., ServerProcess], transfer: str
+) -> None:
     """sync, data on a 16 MiB disk: once it is full a put is RESOURCE_EXHAUSTED saying so, and
     the refused object is not stored; the server goes on serving; removing a file, or
-    deleting objects, makes room again; after SIGKILL every acknowledged object is back."""
+    deleting objects, makes room again; after SIGKILL every acknowledged object is back.
+    Over gRPC (inline), and over the lane (auto: shared memory), whose puts, seals and
+    deletes are answered when their commit is done, or has failed."""
     filler = small_disk / "filler"
     filler.write_bytes(bytes(4 * MiB))
     data_dir = str(small_disk / "data")
     server = start_server("--initial-map-size", "1M", durability="sync", data_dir=data_dir)
     acked: dict[ObjectID, bytes] = {}
-    with server.client(transfer="inline", timeout=CALL_TIMEOUT) as store:
+    with server.client(transfer=transfer, timeout=CALL_TIMEOUT) as store:
         message = fill(store, acked, lambda: None)
         assert "disk full" in message and data_dir in message
         assert_all_back(store, acked)  # served, and the refused put left nothing behind
         with pytest.raises(StoreFull):
             store.put(bytes(MiB))
+        if transfer == "auto":  # a small put over the lane, answered from its failed commit
+            assert store._local is not None and store._local.lane_path
+            with pytest.raises(StoreFull):
+                store.put(b"small")
 
         filler.unlink()
         settle(lambda: put_succeeds(store, os.urandom(MiB), acked), "a put after freeing a file")
