@@ -119,8 +119,10 @@ class ResidentSet:
 
     def _free_withdrawn(self, object_id: bytes, region: Region) -> None:
         """Free the region of an object no longer in the index, unless a reader has it
-        pinned: then later (``reclaim``)."""
-        if self.pins is not None and self.pins.holds(object_id):
+        pinned: then later (``reclaim``). Only objects read in place can be pinned, so
+        small ones (copied out) are not looked for."""
+        in_place = self.index is not None and region.length >= self.index.max_payload
+        if in_place and self.pins is not None and self.pins.holds(object_id):
             self._pinned_by_readers.append((object_id, region))
             self.pinned_bytes += region.length
         else:

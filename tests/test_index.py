@@ -267,3 +267,26 @@ def test_a_killed_readers_pins_are_dropped(start_server: Any) -> None:
         while store.info().arena_used > pinned - (4 << 20) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert store.info().arena_used <= pinned - (4 << 20)
+
+
+def test_views_beyond_the_pin_table_are_leased_instead(server: Any) -> None:
+    """A client holding more in-place views than its pin table has slots gets the next ones
+    from the server, with leases: as many views as it likes, each right, and every
+    pin and lease given back when they are garbage."""
+    with server.client() as store:
+        object_id = store.put(np.arange(1 << 14, dtype=np.int32))  # 64 KiB: read in place
+        slots = store._local.session.opened.pin_slots
+        baseline = store.info()
+        views = [store.get(object_id) for _ in range(slots + 50)]
+        assert all(view[-1] == (1 << 14) - 1 for view in views)
+        assert store.info().requests > baseline.requests + 50  # the last 50 asked
+        del views
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while store.info().arena_pinned != baseline.arena_pinned:
+            assert time.monotonic() < deadline, "leases were not given back"
+            time.sleep(0.05)
+        before = requests_served(store)
+        assert store.get(object_id)[-1] == (1 << 14) - 1  # pinned again: slots came back
+        assert requests_served(store) == before + 1
+        store.delete(object_id)
