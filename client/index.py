@@ -134,7 +134,6 @@ class IndexReader:
             return pb.ObjectMeta.FromString(result[0]), result[1]
         return result
 
-
     def _read_in_place(
         self, base: int, before: int, entry: tuple[bytes, int, int, int, int],
         pins: PinTable | None,

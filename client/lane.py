@@ -237,6 +237,3 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 def _status_code(value: int) -> grpc.StatusCode:
     return _CODES.get(value, grpc.StatusCode.UNKNOWN)
-
-
-

@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from improv_store.laneframes import HEADER, ONE_WAY
+from improv_store.laneframes import HEADER, ONE_WAY, frame
 from improv_store.v1 import store_pb2 as pb
 
 from .access import token_matches
@@ -118,15 +118,15 @@ class _StreamContext(_LaneContext):
 class _Connection:
     """One lane client: its socket, what it sent that is not yet handled, its session.
 
-    A call handed to another thread (``busy``) keeps the connection's later
-    frames waiting, so calls are answered in order; the client sends none
-    meanwhile anyway, as it waits for the answer.
+    While a call or an answer is with another thread (``elsewhere`` counts
+    them) the connection's later frames wait, so calls are answered in order;
+    the client sends none meanwhile anyway, as it waits for the answer.
     """
 
     sock: socket.socket
     session_id: str | None = None
     inbox: bytearray = field(default_factory=bytearray)
-    busy: bool = False
+    elsewhere: int = 0
     hung_up: bool = False  # the client left while a call was elsewhere
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -146,8 +146,10 @@ class LaneServer:
     ``sync`` Put, Replace, Delete or Seal is made at once and answered when
     its commit is on disk: the loop appends what each round of frames
     stored to the write-ahead log itself, then answers (as Redis does), unless
-    the committer's thread is writing, which then answers them. A Subscribe
-    takes its connection to a thread of its own.
+    the committer's thread is writing, which then answers them. An answer the
+    client's socket cannot take now (it is not reading) is finished by a worker
+    thread, so that neither the loop nor the committer ever waits for a
+    client. A Subscribe takes its connection to a thread of its own.
     """
 
     def __init__(
@@ -287,7 +289,7 @@ class LaneServer:
             return
         with connection.lock:
             connection.inbox += memoryview(self._scratch)[:count]
-            if connection.busy:
+            if connection.elsewhere:
                 return
         self._handle_frames(connection)
 
@@ -303,7 +305,7 @@ class LaneServer:
     def _hang_up(self, connection: _Connection) -> None:
         self._leave_loop(connection)
         with connection.lock:
-            if connection.busy:  # closed when its call is done
+            if connection.elsewhere:  # closed when its call is done
                 connection.hung_up = True
                 return
         self._close(connection)
@@ -338,7 +340,7 @@ class LaneServer:
             with contextlib.suppress(OSError):
                 connection.sock.shutdown(socket.SHUT_RDWR)
             with connection.lock:
-                busy = connection.busy
+                busy = connection.elsewhere > 0
                 connection.hung_up = True
             if not busy:  # else the thread that has its call closes it
                 self._close(connection)
@@ -347,11 +349,11 @@ class LaneServer:
 
     def _handle_frames(self, connection: _Connection) -> None:
         """Handle the complete frames received, in order, until one goes elsewhere."""
-        while not connection.busy and not connection.closed:
-            frame = self._next_frame(connection)
-            if frame is None:
+        while not connection.elsewhere and not connection.closed:
+            received = self._next_frame(connection)
+            if received is None:
                 return
-            method, body = frame
+            method, body = received
             try:
                 if connection.session_id is None:
                     self._open(connection, method, body)
@@ -375,10 +377,8 @@ class LaneServer:
         length, method = HEADER.unpack_from(inbox)
         limit = self._max_frame if connection.session_id is not None else _MAX_OPEN_FRAME
         if not 1 <= length <= limit:
-            with contextlib.suppress(OSError):
-                _send(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"frame of {length} bytes is outside 1..{limit}".encode())
-            self._close(connection)
+            self._refuse(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"frame of {length} bytes is outside 1..{limit}")
             return None
         end = HEADER.size - 1 + length
         if len(inbox) < end:
@@ -410,11 +410,13 @@ class LaneServer:
             self._refuse(connection, exc.code, exc.message)
             return
         connection.session_id = opened.session_id
-        _send(connection, grpc.StatusCode.OK, opened.SerializeToString())
+        self._send(connection, grpc.StatusCode.OK, opened.SerializeToString())
 
     def _refuse(self, connection: _Connection, code: grpc.StatusCode, message: str) -> None:
+        """Say why, as far as the socket takes it now, and hang up."""
+        body = message.encode()
         with contextlib.suppress(OSError):
-            _send(connection, code, message.encode())
+            _send_some(connection.sock, memoryview(frame(code.value[0], body)))
         self._close(connection)
 
     def _call(self, connection: _Connection, method: int, body: bytes) -> None:
@@ -436,7 +438,7 @@ class LaneServer:
         if self._sync and method in _ANSWERED_FROM_THE_COMMIT:
             self._change_then_answer_at_commit(connection, name, request, started, one_way)
         elif self._may_wait(method, request):
-            connection.busy = True
+            self._hand_off(connection)
             self._workers.submit(self._call_elsewhere, connection, name, request, started,
                                  one_way)
         else:
@@ -458,18 +460,42 @@ class LaneServer:
         return grpc.StatusCode.OK, response.SerializeToString()
 
     def _answer(self, connection: _Connection, name: str, started: float, one_way: bool,
-                status: grpc.StatusCode, reply: bytes) -> None:
+                status: grpc.StatusCode, reply: bytes, *, may_wait: bool = False) -> None:
         self._count(name, status, started)
         if not one_way:
-            _send(connection, status, reply)
+            self._send(connection, status, reply, may_wait=may_wait)
+
+    def _send(self, connection: _Connection, status: grpc.StatusCode, body: bytes, *,
+              may_wait: bool = False) -> None:
+        """Send a frame on a connection's non-blocking socket. What does not fit now (the
+        client is not reading) is handed to a worker thread: neither the loop nor the
+        committer's thread ever waits for a client. A worker (``may_wait``) waits for
+        room itself (TimeoutError after _SEND_TIMEOUT)."""
+        whole = memoryview(frame(status.value[0], body))
+        sent = _send_some(connection.sock, whole)
+        if sent == len(whole):
+            return
+        if may_wait:
+            _send_rest(connection.sock, whole[sent:])
+            return
+        self._hand_off(connection)
+        self._workers.submit(self._send_elsewhere, connection, whole[sent:])
+
+    def _send_elsewhere(self, connection: _Connection, rest: memoryview) -> None:
+        try:
+            _send_rest(connection.sock, rest)
+        except OSError:
+            self._give_up(connection)
+        finally:
+            self._done_elsewhere(connection)
 
     def _call_elsewhere(self, connection: _Connection, name: str, request: Any,
                         started: float, one_way: bool) -> None:
         """A worker thread's part: run a call that may wait, answer it, hand back."""
         try:
             status, reply = self._dispatch(name, request)
-            with contextlib.suppress(OSError):  # the client went away: the loop hears it
-                self._answer(connection, name, started, one_way, status, reply)
+            self._answer_or_give_up(connection, name, started, one_way, status, reply,
+                                    may_wait=True)
         finally:
             self._done_elsewhere(connection)
 
@@ -487,28 +513,52 @@ class LaneServer:
                          response.SerializeToString())
             return
         reply = response.SerializeToString()
-        connection.busy = True
+        self._hand_off(connection)
 
         def committed(error: StoreError | None) -> None:
             try:
-                with contextlib.suppress(OSError):
-                    if error is None:
-                        self._answer(connection, name, started, one_way, grpc.StatusCode.OK,
-                                     reply)
-                    else:
-                        self._answer(connection, name, started, one_way, error.code,
-                                     error.message.encode())
+                if error is None:
+                    self._answer_or_give_up(connection, name, started, one_way,
+                                            grpc.StatusCode.OK, reply)
+                else:
+                    self._answer_or_give_up(connection, name, started, one_way, error.code,
+                                            error.message.encode())
             finally:
                 self._done_elsewhere(connection)
 
         ticket.when_done(committed)
 
-    def _done_elsewhere(self, connection: _Connection) -> None:
-        """A call that went elsewhere is answered: the loop goes on with the connection if
-        something is waiting there (frames sent meanwhile, or a hang-up)."""
+    def _answer_or_give_up(self, connection: _Connection, name: str, started: float,
+                           one_way: bool, status: grpc.StatusCode, reply: bytes, *,
+                           may_wait: bool = False) -> None:
+        """Answer from a call that went elsewhere; a client that cannot be answered (it
+        left, or read nothing for _SEND_TIMEOUT) is hung up on once the call is done."""
+        try:
+            self._answer(connection, name, started, one_way, status, reply, may_wait=may_wait)
+        except OSError:
+            self._give_up(connection)
+
+    @staticmethod
+    def _give_up(connection: _Connection) -> None:
+        """Mark a connection for closing once nothing of it is elsewhere: part of an
+        answer may be sent, so nothing more may follow on it."""
         with connection.lock:
-            connection.busy = False
-            resume = bool(connection.inbox) or connection.hung_up
+            connection.hung_up = True
+        with contextlib.suppress(OSError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _hand_off(connection: _Connection) -> None:
+        """A call or an answer goes to another thread: the connection's frames wait."""
+        with connection.lock:
+            connection.elsewhere += 1
+
+    def _done_elsewhere(self, connection: _Connection) -> None:
+        """A call or an answer that went elsewhere is done: the loop goes on with the
+        connection if something is waiting there (frames sent meanwhile, or a hang-up)."""
+        with connection.lock:
+            connection.elsewhere -= 1
+            resume = not connection.elsewhere and (bool(connection.inbox) or connection.hung_up)
         if not resume:
             return
         if self._stopping:
@@ -587,26 +637,30 @@ _RECEIVE_SIZE = 256 << 10
 # round to the log (four writers of 1 KiB: ~5,000 puts/s without, ~6,000 with 3;
 # looking longer delays the append more than it fills it).
 _LOOKS_BEFORE_LOGGING = 3
-# A client that stops reading its answers is dropped after this long. The loop
-# sends most answers and waits meanwhile, but only for such a client: one waiting
-# for its answer reads it at once, and one-way frames have none.
-_SEND_TIMEOUT = 2.0
+# A client that reads none of an answer for this long is dropped. Only a thread
+# other than the loop waits that long (the loop hands the rest of an answer on).
+_SEND_TIMEOUT = 30.0
 
 
-def _send(connection: _Connection, status: grpc.StatusCode, body: bytes) -> None:
-    """Send an answer on a connection's non-blocking socket, from any thread: at once
-    when there is room (nearly always), else as room appears, for _SEND_TIMEOUT at most
-    (TimeoutError, an OSError: the client is then dropped)."""
-    frame = memoryview(HEADER.pack(len(body) + 1, status.value[0]) + body)
+def _send_some(sock: socket.socket, frame: memoryview) -> int:
+    """Send what fits now; how many bytes went."""
     sent = 0
     while sent < len(frame):
         try:
-            sent += connection.sock.send(frame[sent:])
+            sent += sock.send(frame[sent:])
         except (BlockingIOError, InterruptedError):
-            room = select.poll()
-            room.register(connection.sock, select.POLLOUT)
-            if not room.poll(_SEND_TIMEOUT * 1000):
-                raise TimeoutError(f"the client read no answer for {_SEND_TIMEOUT} s") from None
+            break
+    return sent
+
+
+def _send_rest(sock: socket.socket, rest: memoryview) -> None:
+    """Send all of ``rest``, waiting for room up to _SEND_TIMEOUT each time."""
+    room = select.poll()
+    room.register(sock, select.POLLOUT)
+    while rest:
+        if not room.poll(_SEND_TIMEOUT * 1000):
+            raise TimeoutError(f"the client read no answer for {_SEND_TIMEOUT} s")
+        rest = rest[_send_some(sock, rest):]
 
 
 def _send_on(sock: socket.socket, status: grpc.StatusCode, body: bytes) -> None:

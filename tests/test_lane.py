@@ -407,3 +407,26 @@ def test_frames_in_pieces_and_back_to_back(server: Any) -> None:
         assert status == Code.OK and pb.InfoResponse.FromString(body).version
         assert store.info().arena_pinned < pinned
         assert not answered(lane)
+
+
+def test_a_client_that_reads_nothing_holds_up_no_one(server: Any) -> None:
+    """A client that sends calls whose answers overflow its socket and reads none of them:
+    the rest of each answer waits on a worker thread, not on the thread that serves every
+    connection, so another client's calls go on; the slow client's answers all arrive,
+    in order, once it reads."""
+    with server.client() as store:
+        store.put(bytes(range(256)) * 240, name="sixty")  # 60 KiB: answered inline
+    slow, other = RawLane(lane_path(server)), RawLane(lane_path(server))
+    get = pb.GetRequest(ref=pb.ObjectRef(name="sixty")).SerializeToString()
+    for _ in range(40):  # 2.4 MB of answers, far more than a socket buffer holds
+        slow.send(pb.LANE_METHOD_GET, get)
+    for i in range(20):
+        put = pb.PutRequest(spec=pb.ObjectSpec(name=f"other{i}"), data=b"x" * 100)
+        assert other.call(pb.LANE_METHOD_PUT, put.SerializeToString())[0] == Code.OK
+    time.sleep(0.5)  # the slow client still reads nothing
+    assert other.call(pb.LANE_METHOD_INFO, b"")[0] == Code.OK
+    for _ in range(40):
+        status, body = slow.read()
+        assert status == Code.OK
+        assert pb.GetResponse.FromString(body).data == bytes(range(256)) * 240
+    assert slow.call(pb.LANE_METHOD_INFO, b"")[0] == Code.OK
