@@ -24,6 +24,10 @@ from .pins import PinTables
 
 log = logging.getLogger(__name__)
 
+# Regions kept for readers that each allocation looks at again; beyond this many,
+# only an allocation that finds the arena full (and a session's end) does.
+_RECLAIM_EACH_ALLOCATION = 8
+
 
 class ResidentSet:
     """The arena plus LRU bookkeeping. Not thread-safe: the store's lock covers it."""
@@ -51,12 +55,17 @@ class ResidentSet:
 
     def allocate(self, length: int) -> Region:
         """A region for a new payload, evicting cold durable objects if needed."""
-        self.reclaim()
+        if len(self._pinned_by_readers) <= _RECLAIM_EACH_ALLOCATION:
+            self.reclaim()
+        reclaimed = False
         while True:
             try:
                 return self.arena.allocate(length)
             except ArenaFull as full:
-                if not self._evict_one():
+                if not reclaimed and self._pinned_by_readers:
+                    self.reclaim()
+                    reclaimed = True
+                elif not self._evict_one():
                     raise exhausted(
                         f"shared memory full: {length} bytes needed; capacity"
                         f" {self.arena.capacity}, used {self.arena.used}, pinned"
@@ -129,13 +138,19 @@ class ResidentSet:
             self.arena.free(region)
 
     def reclaim(self) -> None:
-        """Free what readers had pinned and no longer do."""
+        """Free what readers had pinned and no longer do. Each allocation does this
+        while few regions wait (a look in every pin table for each); with more, only
+        an allocation that finds the arena full, and the end of a session."""
         if not self._pinned_by_readers:
             return
         assert self.pins is not None
+        if len(self._pinned_by_readers) <= _RECLAIM_EACH_ALLOCATION:
+            holds = self.pins.holds
+        else:
+            holds = self.pins.pinned().__contains__  # read every table once
         still = []
         for object_id, region in self._pinned_by_readers:
-            if self.pins.holds(object_id):
+            if holds(object_id):
                 still.append((object_id, region))
             else:
                 self.pinned_bytes -= region.length

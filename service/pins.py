@@ -78,6 +78,24 @@ class PinTables:
                 at = table.find(object_id, at + 1)
         return False
 
+    def pinned(self) -> set[bytes]:
+        """Every ID pinned in any table (one pass over each, with the same barrier as
+        ``holds``): for checking many withdrawn objects at once."""
+        with self._barrier:
+            pass
+        pinned: set[bytes] = set()
+        for _, table in self._tables.values():
+            pinned |= _pinned_in(table)
+        return pinned
+
+
+def _pinned_in(table: mmap.mmap) -> set[bytes]:
+    raw = table[:]
+    return {raw[at : at + ID_SIZE] for at in range(0, len(raw), PIN_SLOT_SIZE)} - {_NO_ID}
+
+
+_NO_ID = bytes(ID_SIZE)
+
 
 def _remove(name: str, table: mmap.mmap) -> None:
     table.close()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from improv_store.client import ObjectID, ObjectNotFound, StoreClient
+from improv_store.client import ObjectID, ObjectNotFound, StoreClient, StoreFull
 from improv_store.client.index import IndexReader
 from improv_store.client.shm import SegmentMaps
 from improv_store.service.arena import Arena
@@ -290,3 +290,32 @@ def test_views_beyond_the_pin_table_are_leased_instead(server: Any) -> None:
         assert store.get(object_id)[-1] == (1 << 14) - 1  # pinned again: slots came back
         assert requests_served(store) == before + 1
         store.delete(object_id)
+
+
+def test_many_views_of_deleted_objects_are_kept_then_reclaimed_when_needed(
+    start_server: Any,
+) -> None:
+    """More regions kept for readers than an allocation looks at each time: they stay
+    intact while viewed, however much passes through the arena, and once the views are
+    gone an allocation that finds the arena full takes them back."""
+    server = start_server("--memory", "16M", durability="none")
+    with server.client() as writer, server.client() as reader:
+        reader.get(writer.put(b"open the lane"))
+        ids = [writer.put(np.full(512 << 10, n, dtype=np.uint8)) for n in range(12)]
+        views = [reader.get(object_id) for object_id in ids]
+        for object_id in ids:
+            writer.delete(object_id)
+        for n in range(40):  # 20 MiB more through the arena while 6 MiB waits for readers
+            writer.delete(writer.put(np.full(512 << 10, 100 + n, dtype=np.uint8)))
+        filler: list[ObjectID] = []
+        with pytest.raises(StoreFull):  # the 6 MiB viewed stays taken when the arena fills
+            for n in range(16):
+                filler.append(writer.put(np.full(1 << 20, 200 + n, dtype=np.uint8)))
+        assert all(view.min() == view.max() == n for n, view in enumerate(views))
+        for object_id in filler:
+            writer.delete(object_id)
+        del views
+        gc.collect()
+        # 12 MiB fits in 16 MiB only once the 6 MiB kept for the reader is taken back.
+        kept = [writer.put(np.zeros(1 << 20, dtype=np.uint8)) for _ in range(12)]
+        assert len(kept) == 12
