@@ -51,24 +51,28 @@ class Ticket:
         self._done = threading.Event()
         self._error: StoreError | None = None
         self._callbacks: list[Callable[[StoreError | None], object]] = []
+        self._resolved = False
         self._lock = threading.Lock()
 
     def resolve(self, error: StoreError | None = None) -> None:
+        """Settle the batch: callbacks first, then the waiters wake (so that what the
+        callbacks undo, such as a failed object's lease, is undone when they do)."""
         with self._lock:
             self._error = error
-            self._done.set()
+            self._resolved = True
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
                 callback(error)
             except Exception:
                 log.exception("a commit callback failed")
+        self._done.set()
 
     def when_done(self, callback: Callable[[StoreError | None], object]) -> None:
         """Call ``callback(error)`` once the batch is on disk (error None) or failed: at
-        once if it is, else from the committer's thread, which it must not hold up."""
+        once if it is, else from the thread that settles it, which it must not hold up."""
         with self._lock:
-            if not self._done.is_set():
+            if not self._resolved:
                 self._callbacks.append(callback)
                 return
         callback(self._error)

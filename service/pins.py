@@ -42,8 +42,6 @@ class PinTables:
         """Create the session's table (owner-only, zeroed); return its file name."""
         name = f"{self._prefix}pins-{next(self._numbers)}"
         path = os.path.join(SHM_DIR, name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by a killed server that used this prefix
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, self.slots * PIN_SLOT_SIZE)
@@ -68,8 +66,7 @@ class PinTables:
         """Whether any session has ``object_id`` pinned. Call after withdrawing the
         object from the index: the barrier makes that withdrawal visible to readers
         before the tables are read."""
-        with self._barrier:  # a locked instruction: a full barrier on x86-64
-            pass
+        self._fence()
         for _, table in self._tables.values():
             at = table.find(object_id)
             while at != -1:
@@ -81,12 +78,17 @@ class PinTables:
     def pinned(self) -> set[bytes]:
         """Every ID pinned in any table (one pass over each, with the same barrier as
         ``holds``): for checking many withdrawn objects at once."""
-        with self._barrier:
-            pass
+        self._fence()
         pinned: set[bytes] = set()
         for _, table in self._tables.values():
             pinned |= _pinned_in(table)
         return pinned
+
+
+    def _fence(self) -> None:
+        """A full memory barrier: a lock's locked instruction, on x86-64."""
+        with self._barrier:
+            pass
 
 
 def _pinned_in(table: mmap.mmap) -> set[bytes]:

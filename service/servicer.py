@@ -353,16 +353,6 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             replace=request.replace,
             wait=False,
         )
-        if stored.handle is not None and stored.ticket is not None:
-            session_id, lease_id = request.session_id, stored.handle.lease_id
-
-            def release_if_failed(error: StoreError | None) -> None:
-                """A lease on an object whose commit failed is not the writer's after all."""
-                if error is not None:
-                    with contextlib.suppress(StoreError):  # the session may have ended
-                        self._store.release(session_id, [lease_id])
-
-            stored.ticket.when_done(release_if_failed)
         response = pb.SealResponse(
             meta=stored.meta, replaced_ids=stored.replaced_ids, handle=stored.handle
         )

@@ -276,21 +276,25 @@ class Store:
 
         If the object is refused, the region is freed. ``lease_to`` names a
         session that gets a lease on the new object in the same step, before
-        anyone could delete it. ``wait`` as for ``put``.
+        anyone could delete it; if its commit fails, the lease is released.
+        ``wait`` as for ``put``.
         """
         try:
             stored = self._insert(spec, region, checksum, replace, lease_to)
         except BaseException:
             self.discard(region)
             raise
+        if stored.handle is not None and stored.ticket is not None and lease_to is not None:
+            lease_id = stored.handle.lease_id
+
+            def release_if_failed(error: StoreError | None) -> None:
+                if error is not None:
+                    with contextlib.suppress(StoreError):  # the session may have ended
+                        self.release(lease_to, [lease_id])
+
+            stored.ticket.when_done(release_if_failed)
         if wait:
-            try:
-                self.await_durable(stored.ticket)
-            except StoreError:
-                if stored.handle is not None and lease_to is not None:
-                    with contextlib.suppress(StoreError):
-                        self.release(lease_to, [stored.handle.lease_id])
-                raise
+            self.await_durable(stored.ticket)
         return stored
 
     def _insert(
@@ -509,7 +513,7 @@ class Store:
         given (see SealRequest.crc32c); without it the region is read to compute it.
         ``spec`` and ``replace`` declare the object of a region from ``reserve_next``
         (and only of one: a Create declared its object already). ``wait`` as for
-        ``put``; without it, a lease kept is the caller's to release if the commit fails.
+        ``put``.
         """
         with self._lock:
             pending = self._sessions.take_create(self._sessions.get(session_id), handle)
