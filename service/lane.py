@@ -97,13 +97,11 @@ class _StreamContext(_LaneContext):
         self._ended = False
 
     def add_callback(self, callback: Callable[[], object]) -> bool:
-        """Run ``callback`` when the stream ends; at once (and False) if it has ended."""
+        """Run ``callback`` when the stream ends; False (and never) if it has ended, as gRPC."""
         with self._lock:
             if not self._ended:
                 self._callbacks.append(callback)
-                return True
-        callback()
-        return False
+            return not self._ended
 
     def end(self) -> None:
         """The stream is over (the client left, or the server finished it)."""

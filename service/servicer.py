@@ -461,7 +461,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         if with_handles:
             self._store.check_session(request.session_id)
         subscription = self._store.subscribe(request.prefix, since)
-        context.add_callback(subscription.close)
+        if not context.add_callback(subscription.close):
+            subscription.close()  # the call ended before the callback could be registered
+            return
         for event in subscription:
             response = pb.SubscribeResponse(event=event)
             if with_handles and event.type in (pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_REPLACE):

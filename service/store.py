@@ -819,8 +819,10 @@ class Subscription:
         self._on_end = on_end
 
     def close(self) -> None:
-        """Stop the iteration, e.g. when the client cancels its stream."""
+        """Stop the iteration, e.g. when the client cancels its stream, and unregister
+        (which iterating never started, if the client left first, cannot do)."""
         self._subscriber.close()
+        self._on_end(self._subscriber)
 
     def __iter__(self) -> Iterator[pb.Event]:
         try:

@@ -833,3 +833,24 @@ def test_since_zero_means_from_the_beginning(server: ServerProcess, store: Store
             (1, ids[0]), (2, ids[1])
         ]
 
+
+
+def test_subscribers_that_leave_at_once_are_unregistered(
+    server: ServerProcess, store: StoreClient, lane: bool
+) -> None:
+    """A subscriber that hangs up as its call starts (before or while the server registers
+    the subscription) leaves nothing registered, on a lane connection and over gRPC."""
+    request = pb.SubscribeRequest(prefix="gone_")
+    if lane:
+        for _ in range(300):
+            connection = RawLane(server.socket_path + ".lane", open_session=False)
+            connection.subscribe(request)
+            connection.socket.close()
+    else:
+        with grpc.insecure_channel(server.unix_address) as channel:
+            stub = store_pb2_grpc.StoreServiceStub(channel)
+            for _ in range(300):
+                stub.Subscribe(request).cancel()
+    wait_subscribers(store, 0)
+    store.put(b"still served", "gone_after")  # and the server still publishes
+    assert store.info().subscriber_count == 0
