@@ -141,7 +141,10 @@ class StreamSlots:
                     held[0] = False
                     self._open -= 1
 
-        context.add_callback(release)  # a cancelled stream may never resume its handler
+        # A cancelled stream may never resume its handler: the callback gives the slot back.
+        if not context.add_callback(release):
+            release()  # the call ended before the callback could be registered
+            raise StoreError(grpc.StatusCode.CANCELLED, "the call ended as it started")
         try:
             yield
         finally:
@@ -301,7 +304,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         with self._streams.hold(context):
             opened, ended = self._store.open_session()
             session_id = opened.session_id
-            context.add_callback(lambda: self._store.close_session(session_id))
+            if not context.add_callback(lambda: self._store.close_session(session_id)):
+                self._store.close_session(session_id)  # the call ended as it started
+                return
             yield opened
             # Releases are read on a thread of their own, so that this handler can
             # finish the stream as soon as the store stops, whatever the client does.

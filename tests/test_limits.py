@@ -266,6 +266,31 @@ def open_streams(raw: Raw) -> int:
     return raw.stub.Info(pb.InfoRequest(), timeout=CALL_TIMEOUT).stats.open_streams
 
 
+def test_streams_that_end_at_once_give_back_their_slot_and_session(
+    limited: Callable[..., Raw],
+) -> None:
+    """Sessions and GetStreams cancelled as they start (before or while the server
+    registers what ends them) leave no stream slot and no session behind: the slots
+    all come back, and a full set of streams can still be opened afterwards."""
+    raw = limited("--max-streams", "4")
+    stub = raw.stub
+    waiting = pb.GetStreamRequest(ref=pb.ObjectRef(name="never"), wait=Duration(seconds=30))
+    for _ in range(150):
+        stub.Session(iter(())).cancel()
+        stub.GetStream(waiting).cancel()
+
+    def settled() -> bool:
+        info = stub.Info(pb.InfoRequest(), timeout=CALL_TIMEOUT)
+        return info.stats.open_streams == 0 and info.arena.sessions == 0
+
+    settle(settled, "every slot and session given back")
+    sessions = [RawSession(stub) for _ in range(4)]  # the limit, all of it usable
+    assert open_streams(raw) == 4
+    for session in sessions:
+        session.close()
+    settle(settled, "the last sessions closed")
+
+
 def test_stream_limit(limited: Callable[..., Raw]) -> None:
     """With --max-streams 2, two open streams of any kind (a GetStream waiting for its
     object, a PutStream still sending, Sessions) make a third one of any kind
