@@ -11,9 +11,11 @@ failed transaction, and later changes are never committed before it.
 
 With a write-ahead log (``sync`` mode, wal.py) a batch of small changes is
 durable once appended to the log, and the log is applied to LMDB every
-interval, when it is half full, or when the store needs the memory of
+interval, when half of its half is written, or when the store needs the memory of
 uncommitted objects; ``on_commit`` follows those LMDB commits, since only
-then may objects be evicted. A batch too large for the log goes straight
+then may objects be evicted. Appends go on while the log is applied (into
+the log's other half): writers never wait for an LMDB commit, which takes
+tens of milliseconds to their fraction of one. A batch too large for the log goes straight
 to LMDB, together with everything logged before it. A thread that submits
 many changes (the lane's loop) may append them to the log itself, as Redis
 does before it answers, instead of handing them to the committer's thread:
@@ -121,7 +123,8 @@ class Committer:
         self._closing = False
         self._commit_requested = False
         self._in_flight: Ticket | None = None
-        self._logged: list[Change] = []  # in the log, not yet in LMDB
+        self._logged: list[Change] = []  # in the log, not yet in LMDB (oldest first)
+        self._apply_failed = False  # the next attempt takes the whole log, appends waiting
         self._apply_by = 0.0  # when the logged changes are due in LMDB
         self._apply_retry_at = 0.0  # after a failed attempt, not before this
         self._applied = Ticket()  # the next commit of the logged changes to LMDB
@@ -236,10 +239,9 @@ class Committer:
                         self._commit(batch, ticket)
                     with self._cond:
                         self._in_flight = None
-                if self._apply_due():
-                    self._apply_logged()
-        with self._writing:
-            self._finish_log()
+            if self._apply_due():
+                self._apply_logged()
+        self._finish_log()
 
     def _take(self) -> tuple[list[Change], Ticket]:
         """The queued changes and their ticket, as the batch now in flight (with _cond)."""
@@ -322,7 +324,8 @@ class Committer:
         if not self._logged:
             return None
         assert self._wal is not None
-        urgent = self._closing or self._apply_requested or self._wal.used * 2 >= self._wal.size
+        urgent = (self._closing or self._apply_requested
+                  or self._wal.used * 2 >= self._wal.capacity)
         return max(0.0 if urgent else self._apply_by, self._apply_retry_at)
 
     def _apply_due(self) -> bool:
@@ -340,6 +343,7 @@ class Committer:
             self._backend.write(written, applied_log=self._wal.generation)
             self._wal.restart(self._wal.generation + 1)
             self._logged = []
+            self._apply_failed = False
         if changes:
             self._made_durable(changes, started)
         self._on_commit(written[-1].event.sequence)  # before waiters wake: they may evict
@@ -352,7 +356,38 @@ class Committer:
             self._observe(len(changes), time.perf_counter() - started)
 
     def _apply_logged(self) -> None:
-        """Commit the logged changes to LMDB; on failure they stay logged (and durable)."""
+        """Commit the logged changes to LMDB; on failure they stay logged (and durable).
+
+        Only the switch to the log's other half holds up appends: LMDB then takes
+        the generation just closed while the next one is written. After a failed
+        attempt the next one takes every logged change, and appends wait for it.
+        """
+        with self._writing:
+            if self._apply_failed:
+                self._apply_everything_logged()
+                return
+            changes, generation = list(self._logged), self._wal.generation
+            self._wal.restart(generation + 1)
+            with self._cond:  # commit_now's callers from here on wait for the next apply
+                applied, self._applied = self._applied, Ticket()
+                self._apply_requested = False
+        try:
+            self._backend.write(changes, applied_log=generation)
+        except Exception as exc:
+            error = self._report(exc, [], f"{len(changes)} logged changes")
+            self._apply_failed = True
+            self._apply_retry_at = time.monotonic() + _RETRY_DELAY
+            applied.resolve(error)
+            return
+        with self._writing:
+            del self._logged[:len(changes)]
+            if self._logged:  # appended meanwhile: due an interval from now
+                self._apply_by = time.monotonic() + self._interval
+        self._on_commit(changes[-1].event.sequence)  # before waiters wake: they may evict
+        applied.resolve()
+
+    def _apply_everything_logged(self) -> None:
+        """Commit every logged change, of both halves, to LMDB (with _writing)."""
         try:
             self._write([])
         except Exception as exc:

@@ -23,7 +23,8 @@ class ServerConfig:
     data_dir: str = "./improv-store-data"
     durability: str = "async"
     commit_interval: float = 0.1
-    wal_size: int = 4 * MiB
+    log_apply_interval: float = 1.0
+    wal_size: int = 32 * MiB
     max_object_size: int = 2 * GiB
     inline_limit: int = 4 * MiB
     max_message_size: int = 32 * MiB
@@ -61,8 +62,8 @@ class ServerConfig:
             raise ValueError("nothing to listen on: give --socket or --listen")
         if self.inline_limit + MiB > self.max_message_size:
             raise ValueError("inline_limit must leave 1 MiB of headroom below max_message_size")
-        if self.commit_interval <= 0:
-            raise ValueError("commit_interval must be positive")
+        if self.commit_interval <= 0 or self.log_apply_interval <= 0:
+            raise ValueError("commit_interval and log_apply_interval must be positive")
         if self.wal_size < 0:
             raise ValueError("wal_size must be 0 (off) or positive")
         if self.event_retention < 1 or self.subscriber_buffer < 1:
@@ -206,8 +207,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--commit-interval",
         type=float,
         default=_env("commit_interval", d.commit_interval),
-        help="seconds between background commits in async mode, and between applying the"
-        " write-ahead log to LMDB in sync mode (IMPROV_STORE_COMMIT_INTERVAL)",
+        help="seconds between background commits in async mode (IMPROV_STORE_COMMIT_INTERVAL)",
+    )
+    add(
+        "--log-apply-interval",
+        type=float,
+        default=_env("log_apply_interval", d.log_apply_interval),
+        help="sync mode: seconds between applying the write-ahead log to LMDB, which is"
+        " also applied when a quarter of it is written (IMPROV_STORE_LOG_APPLY_INTERVAL)",
     )
     add(
         "--wal-size",
@@ -334,6 +341,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         data_dir=args.data_dir,
         durability=args.durability,
         commit_interval=float(args.commit_interval),
+        log_apply_interval=float(args.log_apply_interval),
         wal_size=args.wal_size,
         max_object_size=args.max_object_size,
         max_name_length=int(args.max_name_length),

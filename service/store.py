@@ -124,7 +124,8 @@ class Store:
             self._committer = Committer(
                 self._backend,
                 group_commit=config.durability == "sync",
-                interval=config.commit_interval,
+                interval=(config.log_apply_interval if config.durability == "sync"
+                          else config.commit_interval),
                 on_commit=self._committed,
                 on_failure=self._commit_failed,
                 observe=observe_commit,
@@ -159,16 +160,15 @@ class Store:
         mode); return the log, open for appending, in ``sync`` mode."""
         assert self._backend is not None
         path = os.path.join(self.config.data_dir, wal.WAL_FILE)
-        generation = self._backend.applied_log_generation + 1
-        logged = wal.read(path, generation)
-        if logged:
+        applied = self._backend.applied_log_generation
+        for generation, logged in wal.read_after(path, applied):
             self._backend.write(logged, applied_log=generation)
-            generation += 1
+            applied = generation
             log.info("applied %d changes from the write-ahead log", len(logged))
         if self.config.durability != "sync" or not self.config.wal_size:
             return None
         try:
-            return wal.WriteAheadLog(path, self.config.wal_size, generation)
+            return wal.WriteAheadLog(path, self.config.wal_size, applied + 1)
         except OSError as exc:
             log.warning("no write-ahead log (%s): each sync commit goes to LMDB", exc)
             return None

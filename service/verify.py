@@ -87,9 +87,10 @@ def verify(data_dir: str) -> Report:
                 if checked.problem is not None:
                     report.corrupt.append(checked)
             report.corrupt.extend(reader.orphan_payloads())
-            generation = reader.applied_log_generation() + 1
+            applied = reader.applied_log_generation()
         except lmdb.Error as exc:
             report.damaged = str(exc)
             return report
-    report.logged = len(wal.read(os.path.join(data_dir, wal.WAL_FILE), generation))
+    logged = wal.read_after(os.path.join(data_dir, wal.WAL_FILE), applied)
+    report.logged = sum(len(changes) for _, changes in logged)
     return report

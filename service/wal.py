@@ -8,13 +8,17 @@ group of small changes is durable once it is in this log; the committer
 applies the log to LMDB (one ordinary durable commit) every commit
 interval, or when the log fills, and then starts the log again.
 
-The log is one preallocated file, written from offset 0 after each
-checkpoint. A record is ``generation (u64), body length (u32), CRC32C
-(u32)`` and a body of encoded changes; the CRC covers the generation, the
-length and the body. LMDB remembers the last generation it has applied,
-and recovery replays the records of the next generation from offset 0 up
-to the first that does not check out (a torn write, or an older record
-that was never overwritten).
+The log is one preallocated file in two halves. Generation ``g`` is written
+from the start of half ``g % 2``; when the committer applies it to LMDB,
+appends go on at once into the other half as generation ``g + 1``, so no
+writer waits for the (much longer) LMDB commit. A record is ``generation
+(u64), body length (u32), CRC32C (u32)`` and a body of encoded changes;
+the CRC covers the generation, the length and the body. LMDB remembers the
+last generation it has applied, and recovery replays the generations after
+it, each from the start of its half up to the first record that does not
+check out (a torn write, or an older generation's record never
+overwritten). At most two are there: a generation is only started when the
+one before the previous is in LMDB.
 """
 
 from __future__ import annotations
@@ -87,9 +91,11 @@ def read(path: str, generation: int) -> list[Change]:
     """The changes logged in ``generation``, in order; none if there is no log."""
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            whole = file.read()
     except FileNotFoundError:
         return []
+    half = len(whole) // 2
+    data = whole[(generation % 2) * half:(generation % 2 + 1) * half]
     changes: list[Change] = []
     at = 0
     while at + _RECORD.size <= len(data):
@@ -101,6 +107,17 @@ def read(path: str, generation: int) -> list[Change]:
         changes.extend(decode(body))
         at += _RECORD.size + length
     return changes
+
+
+def read_after(path: str, applied: int) -> list[tuple[int, list[Change]]]:
+    """The generations logged after ``applied`` (the last one LMDB holds), oldest first,
+    each with its changes."""
+    logged = []
+    generation = applied + 1
+    while changes := read(path, generation):
+        logged.append((generation, changes))
+        generation += 1
+    return logged
 
 
 def _preallocate(path: str, size: int) -> None:
@@ -116,9 +133,9 @@ def _preallocate(path: str, size: int) -> None:
 
 
 class WriteAheadLog:
-    """The log file, open for appending the changes of ``generation``.
+    """The log file, open for appending the changes of ``generation`` to its half.
 
-    Used by the committer thread alone.
+    Used by one thread at a time (the committer's ``_writing`` lock).
     """
 
     def __init__(self, path: str, size: int, generation: int) -> None:
@@ -130,31 +147,35 @@ class WriteAheadLog:
         on disk, one system call where write and ``fdatasync`` were two.
         """
         self.path = path
-        self.size = size
         self.generation = generation
         self._offset = 0
         _preallocate(path, size)
         self._fd = os.open(path, os.O_WRONLY | os.O_DSYNC | os.O_CLOEXEC)
+        # What read() takes for a half: half the file as it is (larger than ``size``
+        # if an earlier start made it so).
+        self.capacity = os.fstat(self._fd).st_size // 2
 
     def append(self, changes: Sequence[Change]) -> bool:
         """Write one record of ``changes`` and flush it to disk; False (nothing written)
         if it does not fit in what is left of the file."""
         body = encode(changes)
         end = self._offset + _RECORD.size + len(body)
-        if end > self.size:
+        if end > self.capacity:
             return False
         header = _RECORD.pack(self.generation, len(body), _checksum(self.generation, body))
-        os.pwritev(self._fd, [header, body], self._offset)  # O_DSYNC: on disk on return
+        at = (self.generation % 2) * self.capacity + self._offset
+        os.pwritev(self._fd, [header, body], at)  # O_DSYNC: on disk on return
         self._offset = end
         return True
 
     @property
     def used(self) -> int:
-        """Bytes written since the last checkpoint."""
+        """Bytes of this generation written (of ``capacity``)."""
         return self._offset
 
     def restart(self, generation: int) -> None:
-        """Log ``generation`` from the start of the file: LMDB has all of the previous one."""
+        """Log ``generation`` from the start of its half: LMDB has every generation before
+        ``generation - 1``, whose half this is not."""
         self.generation = generation
         self._offset = 0
 

@@ -344,6 +344,7 @@ def test_serve_help_lists_flags_and_variables() -> None:
     assert result.returncode == 0
     text = " ".join(result.stdout.decode().split())  # undo argparse's line wrapping
     for flag in ("socket", "listen", "data-dir", "durability", "commit-interval",
+                 "log-apply-interval", "wal-size",
                  "max-object-size", "event-retention", "subscriber-buffer",
                  "max-subscribers", "max-workers", "initial-map-size", "log-level",
                  "max-name-length", "max-batch-size", "max-streams"):

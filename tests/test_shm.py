@@ -455,7 +455,8 @@ def test_frames_deleted_before_their_commit_hand_their_memory_to_the_next(
     reuses one region, with no commit at all. sync (the log applied only when memory is
     needed): 200 MiB of frames pass through 64 MiB. Either way a restart, after a clean
     stop or SIGKILL, finds exactly the one frame kept."""
-    server = start_server("--commit-interval", "3600", "--memory", "64M", durability=durability)
+    server = start_server("--commit-interval", "3600", "--log-apply-interval", "3600",
+                          "--memory", "64M", durability=durability)
     frame = np.ones(1 << 20, dtype=np.uint8)
     with server.client(transfer="shm") as store:
         for i in range(200):  # 200 MiB through a 64 MiB arena

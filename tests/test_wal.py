@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import lmdb
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from improv_store.service import wal
 from improv_store.service.durability import Change
 from improv_store.v1 import store_pb2 as pb
 
-KEEP_LOGGED = ("--commit-interval", "3600")  # nothing logged reaches LMDB before the kill
+KEEP_LOGGED = ("--log-apply-interval", "3600")  # nothing logged reaches LMDB before the kill
 
 
 def put_change(sequence: int, payload: bytes, **labels: str) -> Change:
@@ -76,13 +77,39 @@ def test_reading_stops_at_a_torn_record_and_at_an_older_generation(tmp_path: Pat
         file.write(b"\xff" * 10)
     assert as_tuples(wal.read(path, 1)) == as_tuples(batches[0] + batches[1])
 
-    log.restart(2)  # LMDB has generation 1: the file starts over
-    fresh = [put_change(4, b"new")]
+    log.restart(2)  # in the other half: generation 1 stays readable while LMDB takes it
+    second = [put_change(4, b"second")]
+    log.append(second)
+    assert as_tuples(wal.read(path, 1)) == as_tuples(batches[0] + batches[1])
+    log.restart(3)  # LMDB has generation 1: its half starts over
+    fresh = [put_change(5, b"new")]
     log.append(fresh)
     log.close()
-    # The generation-1 records still after it are not taken for generation 2.
-    assert as_tuples(wal.read(path, 2)) == as_tuples(fresh)
+    # The generation-1 records still after it are not taken for generation 3.
+    assert as_tuples(wal.read(path, 3)) == as_tuples(fresh)
     assert wal.read(path, 1) == []
+    assert as_tuples(wal.read(path, 2)) == as_tuples(second)
+
+
+def test_recovery_finds_the_generation_being_applied_and_the_next(tmp_path: Path) -> None:
+    """While LMDB takes one generation, the next is appended in the other half: a crash
+    then leaves two generations beyond LMDB, both replayed, oldest first; one that LMDB
+    already holds is not."""
+    path = str(tmp_path / "wal")
+    log = wal.WriteAheadLog(path, 1 << 20, generation=5)
+    applying = [[put_change(1, b"a")], [put_change(2, b"b")]]
+    for batch in applying:
+        log.append(batch)
+    log.restart(6)
+    appended_meanwhile = [put_change(3, b"c")]
+    log.append(appended_meanwhile)
+    log.close()
+    found = wal.read_after(path, 4)
+    assert [generation for generation, _ in found] == [5, 6]
+    assert as_tuples(found[0][1]) == as_tuples(applying[0] + applying[1])
+    assert as_tuples(found[1][1]) == as_tuples(appended_meanwhile)
+    assert [generation for generation, _ in wal.read_after(path, 5)] == [6]
+    assert wal.read_after(path, 6) == []
 
 
 def test_a_record_that_does_not_fit_is_refused_whole(tmp_path: Path) -> None:
@@ -150,6 +177,35 @@ def test_sync_sigkill_before_the_log_reaches_lmdb_loses_nothing(
         if attempt == 0 and wal_size != "0":
             assert "applied" in restarted.log() and "write-ahead log" in restarted.log()
         restarted.kill()
+
+
+def test_sync_sigkill_while_the_log_is_applied_loses_nothing(start_server: Any) -> None:
+    """A crash while LMDB takes one generation of the log and the next is being appended
+    in the other half: both are replayed at the next start. The second generation is
+    written here as the server writes it, after the first one the killed server logged."""
+    server = start_server(*KEEP_LOGGED, durability="sync")
+    with server.client() as store:
+        kept = {store.put(f"logged {i}".encode()): i for i in range(10)}
+        last = store.info().last_sequence
+    server.kill()
+    payload = b"appended while generation 1 went to LMDB"
+    meta = pb.ObjectMeta(id=os.urandom(20), name="later", size=len(payload),
+                         encoding=pb.ENCODING_RAW, crc32c=crc32c.crc32c(payload),
+                         sequence=last + 1)
+    later = Change(event=pb.Event(sequence=last + 1, type=pb.EVENT_TYPE_PUT, meta=meta),
+                   stored=(meta, payload))
+    log = wal.WriteAheadLog(str(Path(server.data_dir) / "wal"), 4 << 20, generation=2)
+    assert log.append([later])
+    log.close()
+
+    restarted = start_server(*KEEP_LOGGED, durability="sync", data_dir=server.data_dir)
+    with restarted.client() as store:
+        for object_id, i in kept.items():
+            assert store.get(object_id) == f"logged {i}".encode()
+        assert store.get("later") == payload
+        assert store.info().last_sequence > last
+    assert restarted.stop() == 0
+    assert objects_in_lmdb(server.data_dir) == len(kept) + 1
 
 
 def test_sync_puts_beyond_memory_apply_the_log_to_evict(start_server: Any) -> None:
