@@ -461,8 +461,9 @@ class StoreClient:
             name=name or "",
             encoding=encoded.encoding,
             array=encoded.array,
-            labels=labels or {},
         )
+        if labels:  # a map given to the constructor, even empty, is copied in Python
+            spec.labels.update(labels)
         size = encoded.size
         local = self._shared_memory()
         if local is not None and size >= local.min_size:
