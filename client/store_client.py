@@ -240,7 +240,8 @@ class StoreClient:
     def _call(self, method: str, request: Any, extra_time: float = 0.0) -> Any:
         """Call an RPC by name: over the local lane when this client has one, else gRPC."""
         lane_method = _LANE_METHODS.get(method)
-        local = self._local
+        # Decided by the first call that needs it (a put_many may be the first call).
+        local = self._local if self._local_checked else self._shared_memory()
         if lane_method is None or local is None or not local.lane_path:
             return self._grpc_call(method, request, extra_time)
         method_id, response_type = lane_method
@@ -848,12 +849,17 @@ class Subscription:
         local = client._shared_memory()
         self._lane_path = local.lane_path if local is not None else ""
         self._local = local if values else None
-        self.last_sequence: int | None = None if since is None else since - 1
+        if since is None:
+            # From the next change on, asked for by number: the server registers a
+            # subscription after the call has left, and a change made in between (by
+            # this process's next put, say) would otherwise be missed.
+            since = client._call("Info", pb.InfoRequest()).last_sequence + 1
+        self.last_sequence = since - 1
         self._closed = False
         self._session_id = ""  # the session that takes the values' leases
         self._stream = self._open(since)
 
-    def _open(self, since: int | None) -> LaneSubscription | _GrpcSubscription:
+    def _open(self, since: int) -> LaneSubscription | _GrpcSubscription:
         client = self._client
         request = pb.SubscribeRequest(prefix=self._prefix, since_sequence=since)
         if self._local is not None:
@@ -882,7 +888,7 @@ class Subscription:
             if self._closed:  # closed while reopening: end the new stream too
                 self._stream.close()
 
-    def _resume_from(self, error: StoreError, received: bool) -> int | None:
+    def _resume_from(self, error: StoreError, received: bool) -> int:
         """Where to resubscribe after ``error``, or raise it when it ends the subscription.
 
         RESOURCE_EXHAUSTED after events (a refusal comes first) means the
@@ -890,13 +896,12 @@ class Subscription:
         got, where the gRPC resume trailer points too.
         """
         if isinstance(error, StoreFull) and received:
-            assert self.last_sequence is not None
             resume = self.last_sequence + 1
             log.warning("subscription fell behind; resuming from sequence %d", resume)
             return resume
         if error.code == grpc.StatusCode.FAILED_PRECONDITION and self._local:
             self._client._drop_session(self._local, self._session_id)  # renew it and go on
-            return None if self.last_sequence is None else self.last_sequence + 1
+            return self.last_sequence + 1
         if isinstance(error, HistoryUnavailable) and error.oldest_sequence is None:
             raise HistoryUnavailable(error.message, self._oldest_sequence()) from None
         raise error

@@ -140,11 +140,10 @@ class LaneServer:
     against ~30 µs of Python).
 
     Calls that may wait run on a pool of threads: a Get or BatchGet that asks
-    to wait, and in ``sync`` mode BatchPut, which waits for its commits. A
-    ``sync`` Put, Replace, Delete or Seal is made at once and answered when
-    its commit is on disk: the loop appends what each round of frames
-    stored to the write-ahead log itself, then answers (as Redis does), unless
-    the committer's thread is writing, which then answers them. An answer the
+    to wait. A ``sync`` Put, Replace, Delete, Seal or BatchPut is made at once
+    and answered when its commit is on disk: the loop appends what each round
+    of frames stored to the write-ahead log itself, then answers (as Redis
+    does), unless the committer's thread is writing, which then answers them. An answer the
     client's socket cannot take now (it is not reading) is finished by a worker
     thread, so that neither the loop nor the committer ever waits for a
     client. A Subscribe takes its connection to a thread of its own.
@@ -443,12 +442,11 @@ class LaneServer:
             status, reply = self._dispatch(name, request)
             self._answer(connection, name, started, one_way, status, reply)
 
-    def _may_wait(self, method: int, request: Any) -> bool:
-        """Whether a call may block: a read that asks to wait, a write that waits for its
-        commit."""
-        if method in (pb.LANE_METHOD_GET, pb.LANE_METHOD_BATCH_GET):
-            return request.HasField("wait") and request.wait.ToNanoseconds() > 0
-        return self._sync and method in _WAIT_FOR_THEIR_COMMIT
+    @staticmethod
+    def _may_wait(method: int, request: Any) -> bool:
+        """Whether a call may block: a read that asks to wait."""
+        return (method in (pb.LANE_METHOD_GET, pb.LANE_METHOD_BATCH_GET)
+                and request.HasField("wait") and request.wait.ToNanoseconds() > 0)
 
     def _dispatch(self, name: str, request: Any) -> tuple[grpc.StatusCode, bytes]:
         try:
@@ -510,14 +508,13 @@ class LaneServer:
             self._answer(connection, name, started, one_way, grpc.StatusCode.OK,
                          response.SerializeToString())
             return
-        reply = response.SerializeToString()
         self._hand_off(connection)
 
         def committed(error: StoreError | None) -> None:
             try:
-                if error is None:
+                if error is None:  # serialized now: a BatchPut's is complete only now
                     self._answer_or_give_up(connection, name, started, one_way,
-                                            grpc.StatusCode.OK, reply)
+                                            grpc.StatusCode.OK, response.SerializeToString())
                 else:
                     self._answer_or_give_up(connection, name, started, one_way, error.code,
                                             error.message.encode())
@@ -624,11 +621,10 @@ class LaneServer:
         return grpc.StatusCode.CANCELLED, b"the client ended the subscription"
 
 
-# Lane methods that wait for their commit in sync mode, run on a worker thread.
-_WAIT_FOR_THEIR_COMMIT = frozenset((pb.LANE_METHOD_BATCH_PUT,))
 # Lane methods answered at their commit in sync mode (StoreServicer.before_commit).
 _ANSWERED_FROM_THE_COMMIT = frozenset(
-    (pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE, pb.LANE_METHOD_DELETE, pb.LANE_METHOD_SEAL)
+    (pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE, pb.LANE_METHOD_DELETE, pb.LANE_METHOD_SEAL,
+     pb.LANE_METHOD_BATCH_PUT)
 )
 _RECEIVE_SIZE = 256 << 10
 # In sync mode, how many more times the loop looks for frames before it appends a

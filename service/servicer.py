@@ -160,7 +160,8 @@ def _wait_seconds(request: Any, context: grpc.ServicerContext) -> float:
     return min(wait, remaining) if remaining is not None else wait
 
 
-_Write = pb.PutRequest | pb.ReplaceRequest | pb.DeleteRequest | pb.SealRequest
+_Write = (pb.PutRequest | pb.ReplaceRequest | pb.DeleteRequest | pb.SealRequest
+          | pb.BatchPutRequest)
 
 
 class StoreServicer(store_pb2_grpc.StoreServiceServicer):
@@ -184,6 +185,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             pb.ReplaceRequest: self._put,
             pb.DeleteRequest: self._delete,
             pb.SealRequest: self._seal,
+            pb.BatchPutRequest: self._batch_put,
         }
 
     def _wants_handle(self, transfer: int, session_id: str, size: int) -> bool:
@@ -213,9 +215,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def before_commit(
         self, request: _Write, context: grpc.ServicerContext
     ) -> tuple[Message, Ticket | None]:
-        """Put, Replace, Delete or Seal (by the request's type) without waiting for its
-        ``sync`` commit: the response, and the ticket of the commit to wait for before
-        sending it (None when there is none to wait for)."""
+        """Put, Replace, Delete, Seal or BatchPut (by the request's type) without waiting
+        for its ``sync`` commit: the response, and the ticket of the commit to wait for
+        before sending it (None when there is none to wait for). A BatchPut's response
+        is complete once that ticket is settled (items whose commit failed say so)."""
         response, ticket = self._writes[type(request)](request)
         return response, ticket if self._store.config.durability == "sync" else None
 
@@ -264,9 +267,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def BatchPut(
         self, request: pb.BatchPutRequest, context: grpc.ServicerContext
     ) -> pb.BatchPutResponse:
+        return self._after_commit(*self._batch_put(request))
+
+    def _batch_put(self, request: pb.BatchPutRequest) -> tuple[Message, Ticket | None]:
         check_batch(len(request.items), "items", self._store.config.max_batch_size)
         response = pb.BatchPutResponse()
-        stored: list[tuple[pb.BatchPutResult, Ticket | None]] = []
+        committing: dict[Ticket, list[pb.BatchPutResult]] = {}
         for item in request.items:
             result = response.results.add()
             data = item.data
@@ -274,18 +280,14 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 self._check_inline(data)
                 put = self._store.put(item.spec, data, wait=False)
                 result.meta.CopyFrom(put.meta)
-                stored.append((result, put.ticket))
+                if put.ticket is not None:
+                    committing.setdefault(put.ticket, []).append(result)
             except StoreError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     raise
                 _fail_item(result, exc)
-        # In sync mode the items share a few commits: wait for them once all are queued.
-        for result, ticket in stored:
-            try:
-                self._store.await_durable(ticket)
-            except StoreError as exc:
-                _fail_item(result, exc)
-        return response
+        # The items share a few commits: one ticket settles when all of them have.
+        return response, _all_settled(committing)
 
     @_statuses
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
@@ -488,6 +490,30 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         except StoreError as exc:
             if exc.code != grpc.StatusCode.NOT_FOUND:
                 raise
+
+
+def _all_settled(committing: dict[Ticket, list[pb.BatchPutResult]]) -> Ticket | None:
+    """A ticket settled once every ticket in ``committing`` is; each result whose commit
+    failed is made that failure. It never fails itself: a batch reports per item."""
+    if not committing:
+        return None
+    settled = Ticket()
+    remaining = [len(committing)]
+    lock = threading.Lock()
+
+    def settle(results: list[pb.BatchPutResult], error: StoreError | None) -> None:
+        if error is not None:
+            for result in results:
+                _fail_item(result, error)
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            settled.resolve()
+
+    for ticket, results in committing.items():
+        ticket.when_done(functools.partial(settle, results))
+    return settled
 
 
 def _fail_item(result: pb.BatchPutResult, error: StoreError) -> None:

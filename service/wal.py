@@ -121,13 +121,19 @@ def read_after(path: str, applied: int) -> list[tuple[int, list[Change]]]:
 
 
 def _preallocate(path: str, size: int) -> None:
-    """Create ``path`` owner-only if need be, and write its blocks up to ``size`` bytes."""
+    """Create ``path`` owner-only if need be, and write its blocks up to ``size`` bytes;
+    if the disk cannot take them, leave the file as it was (a full disk keeps its room
+    for LMDB)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        written = os.fstat(fd).st_size
-        while written < size:
-            written += os.pwrite(fd, _ZEROS[:size - written], written)
-        os.fsync(fd)
+        existing = written = os.fstat(fd).st_size
+        try:
+            while written < size:
+                written += os.pwrite(fd, _ZEROS[:size - written], written)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, existing)
+            raise
     finally:
         os.close(fd)
 

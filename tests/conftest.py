@@ -26,6 +26,9 @@ from improv_store.service.locality import store_prefix
 START_TIMEOUT = 30.0
 
 
+_PORT_ATTEMPTS = 3
+
+
 def free_port() -> int:
     """A loopback TCP port nobody is listening on right now."""
     with socket.socket() as probe:
@@ -124,35 +127,44 @@ def server_factory(base_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
     ) -> ServerProcess:
         index = len(started)
         socket_path = socket_path or os.path.join(socket_dir, f"s{index}.sock")
-        port = free_port()
         data_dir = data_dir or str(base_dir / f"data{index}")
         log_path = base_dir / f"server{index}.log"
-        args = [
-            *wrapper,
-            sys.executable,
-            "-m",
-            "improv_store.service",
-            "--socket",
-            socket_path,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            data_dir,
-            "--durability",
-            durability,
-            *extra_args,
-        ]
         full_env = {**os.environ, **(env or {})}
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env
+        for attempt in range(_PORT_ATTEMPTS):
+            port = free_port()
+            args = [
+                *wrapper,
+                sys.executable,
+                "-m",
+                "improv_store.service",
+                "--socket",
+                socket_path,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                data_dir,
+                "--durability",
+                durability,
+                *extra_args,
+            ]
+            with open(log_path, "wb") as log_file:
+                process = subprocess.Popen(
+                    args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env
+                )
+            server = ServerProcess(
+                socket_path, port, data_dir, log_path, list(extra_args), env or {}, process
             )
-        server = ServerProcess(
-            socket_path, port, data_dir, log_path, list(extra_args), env or {}, process
-        )
-        started.append(server)
-        wait_serving("unix://" + socket_path, process, log_path)
-        return server
+            started.append(server)
+            try:
+                wait_serving("unix://" + socket_path, process, log_path)
+                return server
+            except RuntimeError:
+                # The free port was taken before the server bound it (another test's
+                # connection, on the other pytest worker): try another.
+                taken = "Address already in use" in log_path.read_text()
+                if not taken or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     try:
         yield start

@@ -21,12 +21,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import crc32c
+import grpc
 import numpy as np
 import pytest
 from conftest import ServerProcess
+from test_lane import RawLane
 from test_verify import CLEAN, verify
 
 from improv_store.client import ObjectID, StoreClient, StoreError, StoreFull
+from improv_store.v1 import store_pb2 as pb
+from improv_store.v1 import store_pb2_grpc
 
 MiB = 1 << 20
 SETTLE_TIMEOUT = 30.0
@@ -110,7 +114,8 @@ def test_full_disk_sync(
     filler = small_disk / "filler"
     filler.write_bytes(bytes(4 * MiB))
     data_dir = str(small_disk / "data")
-    server = start_server("--initial-map-size", "1M", durability="sync", data_dir=data_dir)
+    server = start_server("--initial-map-size", "1M", "--wal-size", "4M", durability="sync",
+                          data_dir=data_dir)
     acked: dict[ObjectID, bytes] = {}
     with server.client(transfer=transfer, timeout=CALL_TIMEOUT) as store:
         message = fill(store, acked, lambda: None)
@@ -138,6 +143,51 @@ def test_full_disk_sync(
     restarted = start_server(durability="sync", data_dir=data_dir)
     with restarted.client(transfer="inline", timeout=CALL_TIMEOUT) as store:
         assert_all_back(store, acked)
+
+
+@pytest.mark.parametrize("path", ["lane", "grpc"])
+def test_full_disk_sync_batch_put(
+    small_disk: Path, start_server: Callable[..., ServerProcess], path: str
+) -> None:
+    """sync, data on a 16 MiB disk: BatchPut answers item by item once the items' commits
+    are done (over the lane, from the commits themselves). A batch that fits is stored
+    whole; in one larger than the room left, items whose commit failed are
+    RESOURCE_EXHAUSTED and not stored, the others are stored, and the server is not the
+    worse for it. A write-ahead log too large for the disk is not created, and leaves the
+    disk's room to LMDB."""
+    (small_disk / "filler").write_bytes(bytes(4 * MiB))
+    data_dir = small_disk / "data"
+    server = start_server("--initial-map-size", "1M", durability="sync", data_dir=str(data_dir))
+    assert "no write-ahead log" in server.log()  # 32 MiB does not fit
+    assert not (data_dir / "wal").exists() or (data_dir / "wal").stat().st_size == 0
+    lane = RawLane(server.socket_path + ".lane") if path == "lane" else None
+    channel = grpc.insecure_channel(server.unix_address)
+    stub = store_pb2_grpc.StoreServiceStub(channel)
+
+    def batch_put(payloads: list[bytes]) -> list[pb.BatchPutResult]:
+        request = pb.BatchPutRequest(items=[pb.PutRequest(data=data) for data in payloads])
+        if lane is None:
+            return list(stub.BatchPut(request, timeout=CALL_TIMEOUT).results)
+        status, body = lane.call(pb.LANE_METHOD_BATCH_PUT, request.SerializeToString())
+        assert status == grpc.StatusCode.OK, body
+        return list(pb.BatchPutResponse.FromString(body).results)
+
+    full = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    fits = [os.urandom(200 << 10) for _ in range(10)]
+    assert [result.code for result in batch_put(fits)] == [0] * len(fits)
+    too_much = [os.urandom(200 << 10) for _ in range(60)]  # 12 MiB: more than is left
+    results = batch_put(too_much)
+    assert full in [result.code for result in results]
+    with server.client(transfer="inline", timeout=CALL_TIMEOUT) as store:
+        for result, data in zip(results, too_much, strict=True):
+            if result.code == full:
+                assert "disk full" in result.message
+            else:
+                assert result.code == 0 and store.get(result.meta.id) == data
+        stored = len(fits) + sum(result.code != full for result in results)
+        settle(lambda: store.info().object_count == stored, "the refused items withdrawn")
+    channel.close()
+    assert server.process.poll() is None, server.log()
 
 
 def test_full_disk_async(small_disk: Path, start_server: Callable[..., ServerProcess]) -> None:

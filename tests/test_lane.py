@@ -120,6 +120,10 @@ def test_colocated_clients_use_the_lane(server: Any) -> None:
             assert store.info().sessions == 1
     with server.client(transfer="inline") as store, store.subscribe() as subscription:
         assert subscription_path(subscription) == "grpc"
+    with server.client() as store, server.client(transfer="inline") as observer:
+        ids = store.put_many([b"first", b"call"])  # a batch as the first call: lane too
+        assert observer.info().sessions == 1
+        assert store.get_many(ids) == [b"first", b"call"]
 
 
 def test_raw_lane_calls_and_statuses(server: Any) -> None:

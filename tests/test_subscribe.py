@@ -808,6 +808,21 @@ def test_subscriber_count(server: ServerProcess, store: StoreClient, lane: bool)
     wait_subscribers(store, 0)
 
 
+def test_a_put_right_after_subscribe_is_seen(
+    server: ServerProcess, store: StoreClient, lane: bool
+) -> None:
+    """A change made after subscribe() returns is delivered, however late the server
+    registers the subscription (it is registered on another connection, or thread, than
+    the put that follows): 100 times over, subscribe, put at once, and see that put."""
+    for i in range(100):
+        with store.subscribe("race_") as subscription:
+            object_id = store.put(b"right after", name=f"race_{i}")
+            collector = Collector.of(subscription)
+            (event,) = collector.take(1, timeout=10)
+            assert event.object.id == object_id
+            collector.close()
+
+
 def test_live_only_skips_history(server: ServerProcess, store: StoreClient) -> None:
     """Without since_sequence a subscription starts at the next change: nothing older."""
     store.put(b"old", "acq_f")
@@ -835,6 +850,17 @@ def test_since_zero_means_from_the_beginning(server: ServerProcess, store: Store
 
 
 
+def lane_connection(path: str) -> RawLane:
+    """A raw lane connection, waiting while the server's backlog is full (EAGAIN)."""
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while True:
+        try:
+            return RawLane(path, open_session=False)
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "the lane accepted no connection"
+            time.sleep(0.01)
+
+
 def test_subscribers_that_leave_at_once_are_unregistered(
     server: ServerProcess, store: StoreClient, lane: bool
 ) -> None:
@@ -843,7 +869,7 @@ def test_subscribers_that_leave_at_once_are_unregistered(
     request = pb.SubscribeRequest(prefix="gone_")
     if lane:
         for _ in range(300):
-            connection = RawLane(server.socket_path + ".lane", open_session=False)
+            connection = lane_connection(server.socket_path + ".lane")
             connection.subscribe(request)
             connection.socket.close()
     else:
