@@ -11,12 +11,12 @@ failed transaction, and later changes are never committed before it.
 
 With a write-ahead log (``sync`` mode, wal.py) a batch of small changes is
 durable once appended to the log, and the log is applied to LMDB every
-interval, when half of its half is written, or when the store needs the memory of
-uncommitted objects; ``on_commit`` follows those LMDB commits, since only
-then may objects be evicted. Appends go on while the log is applied (into
-the log's other half): writers never wait for an LMDB commit, which takes
-tens of milliseconds to their fraction of one. A batch too large for the log goes straight
-to LMDB, together with everything logged before it. A thread that submits
+interval, when half of its half is written, or when the store needs the
+memory of uncommitted objects; ``on_commit`` follows those LMDB commits,
+since only then may objects be evicted. Appends go on while the log is
+applied (into the log's other half): writers never wait for that LMDB
+commit, which takes tens of milliseconds. A batch too large for the log
+goes straight to LMDB, together with everything logged before it. A thread that submits
 many changes (the lane's loop) may append them to the log itself, as Redis
 does before it answers, instead of handing them to the committer's thread:
 see ``logging_in_this_thread``.

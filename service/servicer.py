@@ -272,7 +272,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def _batch_put(self, request: pb.BatchPutRequest) -> tuple[Message, Ticket | None]:
         check_batch(len(request.items), "items", self._store.config.max_batch_size)
         response = pb.BatchPutResponse()
+        # In sync mode the items share a few commits; each item's result waits for its own.
         committing: dict[Ticket, list[pb.BatchPutResult]] = {}
+        sync = self._store.config.durability == "sync"
         for item in request.items:
             result = response.results.add()
             data = item.data
@@ -280,13 +282,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 self._check_inline(data)
                 put = self._store.put(item.spec, data, wait=False)
                 result.meta.CopyFrom(put.meta)
-                if put.ticket is not None:
+                if sync and put.ticket is not None:
                     committing.setdefault(put.ticket, []).append(result)
             except StoreError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     raise
                 _fail_item(result, exc)
-        # The items share a few commits: one ticket settles when all of them have.
         return response, _all_settled(committing)
 
     @_statuses

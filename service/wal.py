@@ -5,8 +5,8 @@ writes a meta page and fsyncs again: about 0.5 ms for a handful of small
 objects here. Appending the same changes to a file whose blocks already
 exist, and one ``fdatasync``, costs about 0.1 ms. So in ``sync`` mode a
 group of small changes is durable once it is in this log; the committer
-applies the log to LMDB (one ordinary durable commit) every commit
-interval, or when the log fills, and then starts the log again.
+applies the log to LMDB (one ordinary durable commit) every log apply
+interval, or sooner when it fills, and then starts the log again.
 
 The log is one preallocated file in two halves. Generation ``g`` is written
 from the start of half ``g % 2``; when the committer applies it to LMDB,
@@ -91,11 +91,11 @@ def read(path: str, generation: int) -> list[Change]:
     """The changes logged in ``generation``, in order; none if there is no log."""
     try:
         with open(path, "rb") as file:
-            whole = file.read()
+            half = os.fstat(file.fileno()).st_size // 2
+            file.seek((generation % 2) * half)
+            data = file.read(half)
     except FileNotFoundError:
         return []
-    half = len(whole) // 2
-    data = whole[(generation % 2) * half:(generation % 2 + 1) * half]
     changes: list[Change] = []
     at = 0
     while at + _RECORD.size <= len(data):
