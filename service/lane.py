@@ -143,10 +143,11 @@ class LaneServer:
     to wait. A ``sync`` Put, Replace, Delete, Seal or BatchPut is made at once
     and answered when its commit is on disk: the loop appends what each round
     of frames stored to the write-ahead log itself, then answers (as Redis
-    does), unless the committer's thread is writing, which then answers them. An answer the
-    client's socket cannot take now (it is not reading) is finished by a worker
-    thread, so that neither the loop nor the committer ever waits for a
-    client. A Subscribe takes its connection to a thread of its own.
+    does), unless the committer's thread is writing, which then answers them.
+    An answer the client's socket cannot take now (it is not reading) is
+    finished by a worker thread, so that neither the loop nor the committer
+    ever waits for a client. A Subscribe takes its connection to a thread of
+    its own.
     """
 
     def __init__(
