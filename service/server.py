@@ -200,6 +200,28 @@ def spare_the_collector_what_startup_made() -> None:
     gc.freeze()
 
 
+def keep_full_collections_short() -> None:
+    """After each full garbage collection, take what survived out of the later ones.
+
+    Stored objects live long, and a full collection walks every tracked
+    object while holding the GIL: while 150,000 small objects were put, full
+    collections grew to 200 ms each (1.35 s of the run). Frozen after the
+    collection that found them alive, the next one walks only what came
+    since: 9-20 ms each (0.16 s), and the puts ran 11 % faster. What is
+    frozen is still freed by reference counting; only a reference cycle that
+    outlived a full collection would never be reclaimed, and the server's
+    cycles die young: after a mixed workload (puts, gets, deletes, errors,
+    subscriptions, 30 sessions on the lane and on gRPC, ``async`` and
+    ``sync``), unfreezing everything and collecting found no garbage.
+    """
+
+    def freeze_survivors(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            gc.freeze()
+
+    gc.callbacks.append(freeze_survivors)
+
+
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly; return the exit code."""
     stop_requested = threading.Event()
@@ -216,6 +238,7 @@ def run(config: ServerConfig) -> int:
         log.error("cannot start: %s", exc)
         return 1
     spare_the_collector_what_startup_made()
+    keep_full_collections_short()
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     exit_code = 0
     try:

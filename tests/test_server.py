@@ -185,3 +185,27 @@ def test_defaults_with_no_flags(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
+
+
+def test_full_collections_leave_what_survived_them_frozen() -> None:
+    """What is alive at a full garbage collection is out of the later ones, so they walk
+    only what came since; reference counting still frees it. In a process of its own:
+    the policy is the server's, not the test runner's."""
+    code = """
+import gc, weakref
+from improv_store.service.server import keep_full_collections_short
+keep_full_collections_short()
+class Record: pass
+kept = [Record() for _ in range(1000)]
+before = gc.get_freeze_count()
+gc.collect()
+assert gc.get_freeze_count() >= before + 1000, (before, gc.get_freeze_count())
+probe = weakref.ref(kept[0])
+del kept
+assert probe() is None
+print("frozen and freed")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "frozen and freed"
