@@ -61,6 +61,7 @@ class ObjectIndex:
         self._mask = slots - 1
         self._slot_ids: list[bytes | None] = [None] * slots
         self._slot_of: dict[bytes, int] = {}
+        self._last_layout: tuple[tuple[int, int, bytes | None] | None, bytes] = (None, b"")
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -91,10 +92,7 @@ class ObjectIndex:
         too_large = meta.size >= self.max_payload and not self.views
         if too_large or object_id == _EMPTY_ID or object_id in self._slot_of:
             return
-        layout = pb.ObjectMeta(encoding=meta.encoding, size=meta.size)
-        if meta.HasField("array"):
-            layout.array.CopyFrom(meta.array)
-        encoded = layout.SerializeToString()
+        encoded = self._layout(meta)
         if len(encoded) > MAX_META:
             return
         home = crc32c.crc32c(object_id) & self._mask
@@ -104,6 +102,18 @@ class ObjectIndex:
                 entry = (object_id, region.segment.number, region.offset, region.length)
                 self._write(slot, object_id, entry, encoded)
                 return
+
+    def _layout(self, meta: pb.ObjectMeta) -> bytes:
+        """A slot's serialized layout (encoding, size, array header). The objects of a
+        stream of frames share theirs, so the last one made is reused when it fits."""
+        has_array = meta.HasField("array")
+        key = (meta.encoding, meta.size, meta.array.SerializeToString() if has_array else None)
+        if key != self._last_layout[0]:
+            layout = pb.ObjectMeta(encoding=meta.encoding, size=meta.size)
+            if has_array:
+                layout.array.CopyFrom(meta.array)
+            self._last_layout = (key, layout.SerializeToString())
+        return self._last_layout[1]
 
     def withdraw(self, object_id: bytes) -> None:
         """Unlist an object; call before its region can be freed."""

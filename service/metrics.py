@@ -1,21 +1,30 @@
 """Prometheus metrics: what an operator watches, served on ``--metrics-listen``.
 
-Request counts and latencies come from a server interceptor; commit latency
-and batch size from the committer; the rest (objects, bytes, arena, evictions,
-subscribers and their lag) is read from the store at scrape time, so the hot
-path pays for nothing it does not already do.
+Request counts and latencies come from a server interceptor (and the lane);
+commit latency and batch size from the committer; the rest (objects, bytes,
+arena, evictions, subscribers and their lag) is read from the store at scrape
+time, so the hot path pays for nothing it does not already do. Requests are
+tallied in plain lists and made metric families at scrape time: a labelled
+Counter and Histogram of prometheus_client cost ~6 % of a small lane put.
 """
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from improv_store.v1 import store_pb2 as pb
 
@@ -30,14 +39,8 @@ class StoreMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "improv_store_requests", "RPCs finished, by method and status code",
-            ("method", "code"), registry=self.registry,
-        )
-        self.request_seconds = Histogram(
-            "improv_store_request_seconds", "RPC latency, from arrival to last response",
-            ("method", "code"), buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
+        self.requests = RequestTallies(_LATENCY_BUCKETS)
+        self.registry.register(self.requests)
         self.commit_seconds = Histogram(
             "improv_store_commit_seconds",
             "Group commit latency (a write-ahead log append or an LMDB commit), fsync included",
@@ -47,21 +50,7 @@ class StoreMetrics:
             "improv_store_commit_batch_changes", "Changes made durable per group commit",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
-        # (method, code) -> its counter and histogram: labels() costs more than the update.
-        self._instruments: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
-
-    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        """Count one finished request (the interceptor's job, for calls outside gRPC)."""
-        instruments = self._instruments.get((method, code))
-        if instruments is None:
-            instruments = (
-                self.requests.labels(method, code.name),
-                self.request_seconds.labels(method, code.name),
-            )
-            self._instruments[(method, code)] = instruments
-        counter, histogram = instruments
-        counter.inc()
-        histogram.observe(seconds)
+        self.record = self.requests.record  # the interceptor's job, for calls outside gRPC
 
     def observe_commit(self, changes: int, seconds: float) -> None:
         self.commit_seconds.observe(seconds)
@@ -70,10 +59,10 @@ class StoreMetrics:
     def stats(self) -> pb.ServerStats:
         """The counters as Info reports them."""
         stats = pb.ServerStats()
-        for sample in _samples(self.requests, "_total"):
-            stats.requests += int(sample.value)
-            if sample.labels["code"] != "OK":
-                stats.failed_requests += int(sample.value)
+        for (_, code), tally in self.requests.totals().items():
+            stats.requests += tally[_COUNT]
+            if code != grpc.StatusCode.OK:
+                stats.failed_requests += tally[_COUNT]
         stats.commits = int(sum(s.value for s in _samples(self.commit_seconds, "_count")))
         stats.commit_seconds = sum(s.value for s in _samples(self.commit_seconds, "_sum"))
         stats.committed_changes = int(sum(s.value for s in _samples(self.commit_batch, "_sum")))
@@ -92,7 +81,60 @@ class StoreMetrics:
         return _MetricsInterceptor(self)
 
 
-def _samples(metric: Counter | Histogram, suffix: str) -> Iterator[Any]:
+# A tally: [count, sum of seconds, then one count per latency bucket, +Inf last].
+_COUNT, _SUM, _BUCKETS = 0, 1, 2
+
+
+class RequestTallies(Collector):
+    """Finished requests by method and status code: counts and a latency histogram,
+    kept in plain lists under one lock and turned into metric families at scrape time."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._lock = threading.Lock()
+        self._tallies: dict[tuple[str, grpc.StatusCode], list[Any]] = {}
+
+    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Count one finished request that took ``seconds``."""
+        bucket = _BUCKETS + bisect.bisect_left(self._bounds, seconds)
+        with self._lock:
+            tally = self._tallies.get((method, code))
+            if tally is None:
+                tally = self._tallies[(method, code)] = [0, 0.0] + [0] * (len(self._bounds) + 1)
+            tally[_COUNT] += 1
+            tally[_SUM] += seconds
+            tally[bucket] += 1
+
+    def totals(self) -> dict[tuple[str, grpc.StatusCode], list[Any]]:
+        """A copy of the tallies, by (method, code)."""
+        with self._lock:
+            return {key: list(tally) for key, tally in self._tallies.items()}
+
+    def collect(self) -> Iterable[Any]:
+        requests = CounterMetricFamily(
+            "improv_store_requests", "RPCs finished, by method and status code",
+            labels=("method", "code"),
+        )
+        latency = HistogramMetricFamily(
+            "improv_store_request_seconds", "RPC latency, from arrival to last response",
+            labels=("method", "code"),
+        )
+        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        for (method, code), tally in sorted(self.totals().items(),
+                                           key=lambda item: (item[0][0], item[0][1].name)):
+            labels = (method, code.name)
+            requests.add_metric(labels, tally[_COUNT])
+            cumulative = 0
+            buckets = []
+            for bound, count in zip(bounds, tally[_BUCKETS:], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric(labels, buckets, tally[_SUM])
+        yield requests
+        yield latency
+
+
+def _samples(metric: Histogram, suffix: str) -> Iterator[Any]:
     for family in metric.collect():
         for sample in family.samples:
             if sample.name.endswith(suffix):

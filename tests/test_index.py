@@ -210,6 +210,43 @@ def test_probing_and_backward_shift_against_a_model(tmp_path: Any) -> None:
         arena.close()
 
 
+def test_each_slot_carries_its_own_objects_layout(tmp_path: Any) -> None:
+    """Objects of one size published one after another, with and without an array
+    header, in other encodings and shapes, each read back with exactly their own layout
+    (the server reuses the last layout it encoded when the next object shares it)."""
+    prefix = f"improvstore-test-{os.getpid()}-"
+    arena = Arena(prefix, 1 << 20)
+    index = ObjectIndex(prefix + "index", 64, 1 << 16, prefix, views=False)
+    try:
+        reader = IndexReader(index.layout(), SegmentMaps())
+        column = pb.ArrayLayout(dtype="<f4", shape=[12])
+        row = pb.ArrayLayout(dtype="<f4", shape=[3, 4])
+        layouts = [
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_NDARRAY, array=column),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_NDARRAY, array=column),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_NDARRAY, array=row),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_RAW),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_PICKLE),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_NDARRAY),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_NDARRAY, array=pb.ArrayLayout()),
+            pb.ObjectMeta(size=48, encoding=pb.ENCODING_NDARRAY, array=column),
+        ]
+        published = []
+        for layout in layouts:
+            meta = pb.ObjectMeta(id=os.urandom(20))
+            meta.MergeFrom(layout)
+            region = arena.allocate(meta.size)
+            index.publish(meta, region)
+            published.append((meta.id, layout))
+        for object_id, layout in published:
+            found = reader.read(object_id)
+            assert found is not None
+            assert found[0] == layout and found[0].HasField("array") == layout.HasField("array")
+    finally:
+        index.close()
+        arena.close()
+
+
 def test_large_objects_are_read_in_place_and_kept_while_viewed(start_server: Any) -> None:
     """A large object is read in place with no call. Deleted meanwhile, its memory is
     not reused while the view lives, however much is put after it; once the view is

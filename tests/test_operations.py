@@ -42,6 +42,7 @@ def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
     server = start_server("--metrics-listen", f"127.0.0.1:{port}", "--memory", "32M",
                           durability="sync")
     before = scrape(port)
+    before_puts = value(before, "improv_store_requests_total", method="Put", code="OK")
     with server.client(transfer="inline") as store:
         ids = [store.put(np.full(1 << 20, i, dtype=np.uint8), name=f"m{i}") for i in range(40)]
         for object_id in ids[-3:]:
@@ -66,6 +67,15 @@ def test_metrics_move_by_the_right_amounts(start_server: Any) -> None:
     assert moved("improv_store_requests_total", method="Delete", code="OK") == 1
     assert moved("improv_store_request_seconds_count", method="Put", code="OK") == 40
     assert moved("improv_store_request_seconds_count", method="Get", code="NOT_FOUND") == 2
+    put_buckets = sorted(
+        (float(dict(labels)["le"]), count) for (name, labels), count in after.items()
+        if name == "improv_store_request_seconds_bucket"
+        and ("method", "Put") in labels and ("code", "OK") in labels
+    )
+    assert len(put_buckets) == 14 and put_buckets[-1] == (float("inf"), 40 + before_puts)
+    counts = [count for _, count in put_buckets]
+    assert counts == sorted(counts)  # cumulative
+    assert moved("improv_store_request_seconds_sum", method="Put", code="OK") > 0
     assert value(after, "improv_store_objects") == 39
     assert value(after, "improv_store_bytes") == 39 << 20
     assert moved("improv_store_commit_batch_changes_sum") == 41  # 40 puts and a delete
