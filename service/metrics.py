@@ -32,6 +32,8 @@ _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+# A request tally: [count, sum of seconds, then one count per latency bucket, +Inf last].
+_COUNT, _SUM, _BUCKETS = 0, 1, 2
 
 
 class StoreMetrics:
@@ -50,7 +52,8 @@ class StoreMetrics:
             "improv_store_commit_batch_changes", "Changes made durable per group commit",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
-        self.record = self.requests.record  # the interceptor's job, for calls outside gRPC
+        # Counts one finished request: the interceptor's job, and the lane's for its calls.
+        self.record = self.requests.record
 
     def observe_commit(self, changes: int, seconds: float) -> None:
         self.commit_seconds.observe(seconds)
@@ -79,10 +82,6 @@ class StoreMetrics:
 
     def interceptor(self) -> grpc.ServerInterceptor:
         return _MetricsInterceptor(self)
-
-
-# A tally: [count, sum of seconds, then one count per latency bucket, +Inf last].
-_COUNT, _SUM, _BUCKETS = 0, 1, 2
 
 
 class RequestTallies(Collector):
@@ -120,8 +119,9 @@ class RequestTallies(Collector):
             labels=("method", "code"),
         )
         bounds = [*map(floatToGoString, self._bounds), "+Inf"]
-        for (method, code), tally in sorted(self.totals().items(),
-                                           key=lambda item: (item[0][0], item[0][1].name)):
+        totals = self.totals()
+        for method, code in sorted(totals, key=lambda key: (key[0], key[1].name)):
+            tally = totals[(method, code)]
             labels = (method, code.name)
             requests.add_metric(labels, tally[_COUNT])
             cumulative = 0
