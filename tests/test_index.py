@@ -210,7 +210,7 @@ def test_probing_and_backward_shift_against_a_model(tmp_path: Any) -> None:
         arena.close()
 
 
-def test_each_slot_carries_its_own_objects_layout(tmp_path: Any) -> None:
+def test_each_slot_carries_its_own_objects_layout() -> None:
     """Objects of one size published one after another, with and without an array
     header, in other encodings and shapes, each read back with exactly their own layout
     (the server reuses the last layout it encoded when the next object shares it)."""
