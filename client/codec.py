@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from improv_store.memory import back_with_huge_pages
 from improv_store.v1 import store_pb2 as pb
 
 from .checksum import copy_and_checksum
+from .tuning import back_with_huge_pages
 
 BUFFER_ALIGNMENT = 64
 _COUNTS = struct.Struct("<IQ")

@@ -22,7 +22,9 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from improv_store.laneframes import HEADER, ONE_WAY, frame, receive_exactly
+from improv_store.protocol import LANE_HEADER as HEADER
+from improv_store.protocol import ONE_WAY, read_lane_error, receive_exactly
+from improv_store.protocol import lane_frame as frame
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreUnavailable, error_for
@@ -96,7 +98,7 @@ class Lane:
                 raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane connection lost: {exc}") \
                     from None
         if status != grpc.StatusCode.OK:
-            raise error_for(status, body.decode(errors="replace"))
+            raise error_for(status, read_lane_error(body).message)
         return response_type.FromString(body)
 
     def release(self, lease_id: int) -> None:
@@ -162,7 +164,7 @@ class LaneSubscription:
             status, body = frame
             if status != grpc.StatusCode.OK:
                 self.close()  # the server hangs up after it
-                raise error_for(status, body.decode(errors="replace"))
+                raise error_for(status, read_lane_error(body).message)
             yield pb.SubscribeResponse.FromString(body)
 
     def _next_frame(self) -> tuple[grpc.StatusCode, bytes] | None:
@@ -211,7 +213,7 @@ def _connect(path: str, token: str | None) -> tuple[socket.socket, pb.SessionRes
         raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
     if status != grpc.StatusCode.OK:
         connection.close()
-        raise error_for(status, body.decode(errors="replace"))
+        raise error_for(status, read_lane_error(body).message)
     return connection, pb.SessionResponse.FromString(body)
 
 

@@ -16,8 +16,7 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from improv_store import wire
-from improv_store.memory import keep_freed_memory
+from improv_store import chunks
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -38,6 +37,7 @@ from .lane import Lane, LaneClosed, LaneSubscription
 from .models import Event, ObjectInfo, StoreInfo
 from .session import Session
 from .shm import SegmentMaps, exporter_of, is_colocated, read_only
+from .tuning import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class StoreClient:
 
     Payloads that travel inline allocate and free megabyte buffers, so the
     client asks glibc to keep freed memory for reuse (up to 256 MiB;
-    improv_store.memory.keep_freed_memory): a 100 MiB get over TCP is then
+    improv_store.client.tuning.keep_freed_memory): a 100 MiB get over TCP is then
     about 1.5x faster. It is a process-wide setting;
     ``$IMPROV_STORE_KEEP_FREED_MEMORY=0`` leaves malloc as it is.
     """
@@ -175,7 +175,7 @@ class StoreClient:
             TlsSettings.resolve(tls, tls_ca, tls_cert, tls_key, tls_server_name),
         )
         self._stub = store_pb2_grpc.StoreServiceStub(self._channel)
-        # The chunk streams with their messages left serialized (improv_store.wire):
+        # The chunk streams with their messages left serialized (improv_store.chunks):
         # bulk data is copied once, not passed through protobuf objects.
         self._bulk = {
             "PutStream": self._channel.stream_unary(
@@ -641,7 +641,7 @@ class StoreClient:
     def _get_streamed(self, object_id: bytes) -> Any:
         """Fetch a large payload as chunks, each copied once into the final object (numpy
         copies without the GIL, so gRPC's threads go on receiving meanwhile)."""
-        request = pb.GetStreamRequest(ref=pb.ObjectRef(id=object_id), chunk_size=wire.CHUNK_SIZE)
+        request = pb.GetStreamRequest(ref=pb.ObjectRef(id=object_id), chunk_size=chunks.CHUNK_SIZE)
         try:
             stream = self._bulk["GetStream"](request, timeout=self.timeout)
             meta = pb.GetStreamResponse.FromString(next(stream)).meta
@@ -727,13 +727,13 @@ def _put_batch_size(limits: pb.Limits) -> int:
 def _chunked(header: pb.PutStreamHeader, encoded: codec.Encoded) -> Iterator[bytes]:
     """A PutStream's serialized messages: the header, then chunks encoded by hand."""
     yield pb.PutStreamRequest(header=header).SerializeToString()
-    for pieces in encoded.chunk_pieces(wire.CHUNK_SIZE):
-        yield wire.encode_chunk(pieces)
+    for pieces in encoded.chunk_pieces(chunks.CHUNK_SIZE):
+        yield chunks.encode_chunk(pieces)
 
 
 def _chunk_of(raw: bytes) -> memoryview | bytes:
     """The payload slice of a serialized GetStreamResponse chunk."""
-    chunk = wire.decode_chunk(raw)
+    chunk = chunks.decode_chunk(raw)
     return chunk if chunk is not None else pb.GetStreamResponse.FromString(raw).chunk
 
 

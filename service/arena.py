@@ -22,9 +22,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from improv_store.protocol import SHM_DIR
+
 log = logging.getLogger(__name__)
 
-SHM_DIR = "/dev/shm"
+
 ALIGNMENT = 64
 SEGMENT_SIZE = 64 << 20
 _LARGE_ROUNDING = 1 << 20

@@ -30,10 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import grpc
+from improv_store.protocol import Code
 
-from .durability import Change, LmdbBackend
 from .errors import StoreError
+from .lmdb_backend import Change, LmdbBackend
 from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -417,10 +417,10 @@ class Committer:
         error = (
             exc
             if isinstance(exc, StoreError)
-            else StoreError(grpc.StatusCode.INTERNAL, f"commit to disk failed: {exc}")
+            else StoreError(Code.INTERNAL, f"commit to disk failed: {exc}")
         )
         # A full disk is reported by the store when it starts and ends, not every retry.
-        level = logging.DEBUG if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.ERROR
+        level = logging.DEBUG if error.code == Code.RESOURCE_EXHAUSTED else logging.ERROR
         log.log(level, "commit of %s failed (retrying): %s", what, exc)
         if self._on_failure is not None:
             self._on_failure(batch, error)

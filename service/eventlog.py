@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 from improv_store.v1 import store_pb2 as pb
 
-from .durability import LmdbBackend
 from .errors import history_gone
+from .lmdb_backend import LmdbBackend
 
 _COMMITTED_TAIL = 1024
 

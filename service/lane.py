@@ -35,12 +35,14 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from improv_store.laneframes import HEADER, ONE_WAY, frame
+from improv_store.protocol import LANE_HEADER as HEADER
+from improv_store.protocol import ONE_WAY
+from improv_store.protocol import lane_frame as frame
 from improv_store.v1 import store_pb2 as pb
 
 from .access import token_matches
 from .errors import StoreError
-from .servicer import StoreServicer
+from .servicer import StoreServicer, grpc_status
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -405,7 +407,7 @@ class LaneServer:
         try:
             opened, _ = self._store.open_session()
         except StoreError as exc:  # the store is stopping
-            self._refuse(connection, exc.code, exc.message)
+            self._refuse(connection, grpc_status(exc.code), exc.message)
             return
         connection.session_id = opened.session_id
         self._send(connection, grpc.StatusCode.OK, opened.SerializeToString())
@@ -517,8 +519,8 @@ class LaneServer:
                     self._answer_or_give_up(connection, name, started, one_way,
                                             grpc.StatusCode.OK, response.SerializeToString())
                 else:
-                    self._answer_or_give_up(connection, name, started, one_way, error.code,
-                                            error.message.encode())
+                    self._answer_or_give_up(connection, name, started, one_way,
+                                            grpc_status(error.code), error.message.encode())
             finally:
                 self._done_elsewhere(connection)
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from improv_store import __version__
-from improv_store.memory import keep_freed_memory
+from improv_store.client.tuning import keep_freed_memory
 from improv_store.v1 import store_pb2, store_pb2_grpc
 
 from .access import TokenInterceptor, server_credentials

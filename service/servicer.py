@@ -14,7 +14,8 @@ import crc32c
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from improv_store import wire
+from improv_store import chunks
+from improv_store.protocol import Code
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -34,7 +35,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 BATCH_PAYLOAD_BUDGET = 16 << 20
 
 _SHM_TRANSFERS = (pb.TRANSFER_SHM, pb.TRANSFER_AUTO)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StoreService"].full_name
+_GRPC_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_status(code: Code) -> grpc.StatusCode:
+    """The gRPC status of a core status code."""
+    return _GRPC_STATUS[int(code)]
 
 
 def _statuses(method: F) -> F:
@@ -43,8 +49,8 @@ def _statuses(method: F) -> F:
     def abort(context: grpc.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, StoreError):
             if exc.trailers:
-                context.set_trailing_metadata(exc.trailers)
-            context.abort(exc.code, exc.message)
+                context.set_trailing_metadata(tuple(exc.trailers.items()))
+            context.abort(grpc_status(exc.code), exc.message)
         if isinstance(exc, grpc.RpcError):  # reading a client stream the client abandoned
             log.debug("%s: the client went away mid-stream", method.__name__)
             context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
@@ -285,7 +291,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 if sync and put.ticket is not None:
                     committing.setdefault(put.ticket, []).append(result)
             except StoreError as exc:
-                if exc.code == grpc.StatusCode.UNAVAILABLE:
+                if exc.code == Code.UNAVAILABLE:
                     raise
                 _fail_item(result, exc)
         return response, _all_settled(committing)
@@ -401,13 +407,13 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request: pb.GetStreamRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         """Yields serialized GetStreamResponses (``bulk_handlers``), chunks encoded by hand."""
-        chunk_size = min(request.chunk_size or wire.CHUNK_SIZE, self._inline_limit)
+        chunk_size = min(request.chunk_size or chunks.CHUNK_SIZE, self._inline_limit)
         with self._streams.hold(context):
             obj = self._store.get(request.ref, _wait_seconds(request, context))
             with self._store.read(obj) as payload:
                 yield pb.GetStreamResponse(meta=obj.meta).SerializeToString()
                 for offset in range(0, len(payload), chunk_size):
-                    yield wire.encode_chunk((payload[offset : offset + chunk_size],))
+                    yield chunks.encode_chunk((payload[offset : offset + chunk_size],))
 
     @_statuses
     def BatchGet(
@@ -426,7 +432,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 budget -= self._fill_result(item, found, request, budget)
             except StoreError as exc:
                 item.Clear()
-                item.code = exc.code.value[0]
+                item.code = exc.code
                 item.message = exc.message
         return response
 
@@ -489,7 +495,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         try:
             response.handle.CopyFrom(self._store.lease(request.session_id, obj))
         except StoreError as exc:
-            if exc.code != grpc.StatusCode.NOT_FOUND:
+            if exc.code != Code.NOT_FOUND:
                 raise
 
 
@@ -520,7 +526,7 @@ def _all_settled(committing: dict[Ticket, list[pb.BatchPutResult]]) -> Ticket | 
 def _fail_item(result: pb.BatchPutResult, error: StoreError) -> None:
     """Report one BatchPut item as refused."""
     result.Clear()
-    result.code = error.code.value[0]
+    result.code = error.code
     result.message = error.message
 
 
@@ -531,15 +537,15 @@ def _parse(message_type: type[Message], raw: bytes) -> Any:
         raise invalid(f"malformed {message_type.__name__}: {exc}") from None
 
 
-def _receive_chunks(chunks: Iterator[bytes], target: memoryview) -> int:
+def _receive_chunks(messages: Iterator[bytes], target: memoryview) -> int:
     """Copy a PutStream's serialized chunk messages into ``target``, which they must fill.
 
     Returns the payload's CRC32C, computed as the chunks arrive.
     """
     received = 0
     checksum = 0
-    for raw in chunks:
-        chunk = wire.decode_chunk(raw)
+    for raw in messages:
+        chunk = chunks.decode_chunk(raw)
         if chunk is None:  # not the plain encoding: let protobuf judge it
             message = _parse(pb.PutStreamRequest, raw)
             if message.WhichOneof("part") != "chunk":
@@ -561,7 +567,7 @@ def method_handlers(servicer: StoreServicer) -> dict[str, grpc.RpcMethodHandler]
 
     They replace the generated handlers. PutStream and GetStream also leave their
     chunk messages serialized: the servicer reads and writes chunks as bytes (see
-    ``improv_store.wire``), so bulk data is copied once each way instead of going
+    ``improv_store.chunks``), so bulk data is copied once each way instead of going
     through protobuf objects.
     """
     kinds = {

@@ -13,8 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-import grpc
-
+from improv_store.protocol import Code
 from improv_store.v1 import store_pb2 as pb
 
 from .arena import Region
@@ -77,7 +76,7 @@ class Sessions:
         session = self._sessions.get(session_id)
         if session is None:
             raise StoreError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Code.FAILED_PRECONDITION,
                 f"shared-memory transfer needs an open Session; {session_id[:32]!r} is not one"
                 if session_id
                 else "shared-memory transfer needs the session_id of an open Session",
@@ -108,7 +107,7 @@ class Sessions:
             if lease_id not in session.leases:
                 if any(lease_id in other.leases for other in self._sessions.values()):
                     raise StoreError(
-                        grpc.StatusCode.PERMISSION_DENIED,
+                        Code.PERMISSION_DENIED,
                         f"lease {lease_id} belongs to another session",
                     )
                 raise not_found(f"no lease {lease_id} in this session")
@@ -128,7 +127,7 @@ class Sessions:
         if pending is None:
             if any(handle.lease_id in other.creates for other in self._sessions.values()):
                 raise StoreError(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                    Code.PERMISSION_DENIED,
                     f"create {handle.lease_id} belongs to another session",
                 )
             raise not_found(f"no unsealed create {handle.lease_id} in this session")

@@ -27,25 +27,25 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import crc32c
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from improv_store import __version__
+from improv_store.protocol import Code
 from improv_store.v1 import store_pb2 as pb
 
 from . import validation, wal
 from .arena import Arena, Region
 from .committer import Committer, Ticket
 from .config import ServerConfig
-from .durability import Change, LmdbBackend
 from .errors import StoreError, exhausted, invalid, not_found, unavailable
 from .eventlog import EventLog
 from .index import ObjectIndex
 from .index import supported as index_supported
+from .lmdb_backend import Change, LmdbBackend
 from .locality import ShmNamespace, arena_capacity
-from .memory import ResidentSet
 from .objects import ObjectTable, StoredObject
 from .pins import PinTables
+from .residency import ResidentSet
 from .sessions import Sessions
 from .subscriptions import Subscriber, SubscriberHub
 
@@ -307,7 +307,7 @@ class Store:
     ) -> Stored:
         if spec.HasField("crc32c") and spec.crc32c != checksum:
             raise StoreError(
-                grpc.StatusCode.DATA_LOSS,
+                Code.DATA_LOSS,
                 f"payload CRC32C is {checksum:#010x}, the request says {spec.crc32c:#010x}",
             )
         meta = pb.ObjectMeta(
@@ -443,7 +443,7 @@ class Store:
         told was refused stays stored, and their payloads are never written.
         Other failures are left to the retries.
         """
-        if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if error.code != Code.RESOURCE_EXHAUSTED:
             return
         with self._lock:
             if self._disk_full is None:
@@ -657,7 +657,7 @@ class Store:
                     raise not_found(f"no object {_describe(ref)}")
                 if remaining <= 0:
                     raise StoreError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        Code.DEADLINE_EXCEEDED,
                         f"object {_describe(ref)} did not appear within {wait:g} s",
                     )
                 self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
@@ -674,7 +674,7 @@ class Store:
             try:
                 results.append(self.get(ref, remaining))
             except StoreError as exc:
-                if exc.code == grpc.StatusCode.UNAVAILABLE:
+                if exc.code == Code.UNAVAILABLE:
                     raise
                 results.append(exc)
         return results
@@ -841,7 +841,7 @@ def _set_now(timestamp: Timestamp) -> None:
 
 
 def _exists(object_id: bytes) -> StoreError:
-    return StoreError(grpc.StatusCode.ALREADY_EXISTS, f"object {object_id.hex()} already exists")
+    return StoreError(Code.ALREADY_EXISTS, f"object {object_id.hex()} already exists")
 
 
 def _describe(ref: pb.ObjectRef) -> str:

@@ -11,13 +11,10 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 
-import grpc
-
+from improv_store.protocol import RESUME_SEQUENCE_TRAILER, Code
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreError, unavailable
-
-RESUME_TRAILER = "improv-store-resume-sequence"
 
 
 def event_name(event: pb.Event) -> str:
@@ -84,9 +81,9 @@ class Subscriber:
 def overflowed(resume_from: int) -> StoreError:
     """RESOURCE_EXHAUSTED for a subscriber that fell behind, saying where to resume."""
     return StoreError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Code.RESOURCE_EXHAUSTED,
         f"subscriber fell too far behind; resume with since_sequence={resume_from}",
-        trailers=((RESUME_TRAILER, str(resume_from)),),
+        trailers={RESUME_SEQUENCE_TRAILER: str(resume_from)},
     )
 
 

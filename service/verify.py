@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import lmdb
 
 from . import wal
-from .durability import Checked, DataDirectoryReader
+from .lmdb_backend import Checked, DataDirectoryReader
 
 
 @dataclass

@@ -31,7 +31,7 @@ import crc32c
 
 from improv_store.v1 import store_pb2 as pb
 
-from .durability import Change, removed_later
+from .lmdb_backend import Change, removed_later
 
 WAL_FILE = "wal"
 

@@ -41,8 +41,8 @@ from hypothesis.stateful import (
 )
 from test_lane import HEADER, RawLane
 
-from improv_store import wire
-from improv_store.laneframes import ONE_WAY
+from improv_store import chunks as chunk_codec
+from improv_store.protocol import ONE_WAY
 from improv_store.service.arena import SHM_DIR
 from improv_store.service.lane import METHODS as LANE_METHODS
 from improv_store.service.locality import LOCK_SUFFIX, TOKEN_SUFFIX, store_prefix
@@ -489,7 +489,7 @@ def test_get_stream_with_random_fields(target: Target, request: pb.GetStreamRequ
     assert_allowed("GetStream", result, request, may_wait=waits(request))
     if result.code == Code.OK:
         meta = pb.GetStreamResponse.FromString(result.responses[0]).meta
-        assert sum(len(wire.decode_chunk(raw)) for raw in result.responses[1:]) == meta.size
+        assert sum(len(chunk_codec.decode_chunk(raw)) for raw in result.responses[1:]) == meta.size
 
 
 @settings(FUZZ, max_examples=30)
@@ -546,12 +546,12 @@ def test_random_bytes_as_the_request(target: Target, method: str, data: st.DataO
 
 def bad_length_chunk(data: bytes) -> bytes:
     """A chunk whose length prefix promises one byte more than follows."""
-    return b"\x12" + wire._varint(len(data) + 1) + data
+    return b"\x12" + chunk_codec._varint(len(data) + 1) + data
 
 
 CORRUPTIONS: dict[str, Callable[[list[bytes], bytes], list[bytes]]] = {
     "truncated": lambda messages, data: messages[:-1],
-    "extra chunk": lambda messages, data: [*messages, wire.encode_chunk([b"x"])],
+    "extra chunk": lambda messages, data: [*messages, chunk_codec.encode_chunk([b"x"])],
     "bad length": lambda messages, data: [*messages[:-1], bad_length_chunk(data[-1:])],
     "overlong varint": lambda messages, data: [*messages, b"\x12" + b"\xff" * 10 + b"\x01x"],
     "second header": lambda messages, data: [*messages[:1], *messages],
@@ -584,7 +584,7 @@ def test_put_stream_chunk_encodings(
         pieces.insert(len(pieces) // 2, b"")
     header = pb.PutStreamHeader(spec=pb.ObjectSpec(name="fz-stream"), size=len(data))
     messages = [pb.PutStreamRequest(header=header).SerializeToString()]
-    messages += [wire.encode_chunk([piece]) for piece in pieces]
+    messages += [chunk_codec.encode_chunk([piece]) for piece in pieces]
     if corruption is not None:
         messages = CORRUPTIONS[corruption](messages, data)
     result = outcome(lambda: target.raw["PutStream"](iter(messages), timeout=CALL_TIMEOUT))
@@ -596,7 +596,7 @@ def test_put_stream_chunk_encodings(
     request = pb.GetStreamRequest(ref=pb.ObjectRef(id=meta.id), chunk_size=chunk_size)
     streamed = list(target.raw["GetStream"](request.SerializeToString(), timeout=CALL_TIMEOUT))
     assert pb.GetStreamResponse.FromString(streamed[0]).meta == meta
-    chunks = [wire.decode_chunk(raw) for raw in streamed[1:]]
+    chunks = [chunk_codec.decode_chunk(raw) for raw in streamed[1:]]
     assert all(chunk is not None and len(chunk) <= chunk_size for chunk in chunks)
     assert b"".join(bytes(chunk) for chunk in chunks) == data
     target.stub.Delete(pb.DeleteRequest(ref=pb.ObjectRef(id=meta.id)), timeout=CALL_TIMEOUT)
@@ -608,7 +608,7 @@ def test_put_stream_with_random_headers(
     target: Target, request: pb.PutStreamRequest, chunks: list[bytes]
 ) -> None:
     """A random header followed by random chunks: OK only when they fit, else a refusal."""
-    messages = [request.SerializeToString(), *(wire.encode_chunk([c]) for c in chunks)]
+    messages = [request.SerializeToString(), *(chunk_codec.encode_chunk([c]) for c in chunks)]
     result = outcome(lambda: target.raw["PutStream"](iter(messages), timeout=CALL_TIMEOUT))
     assert_allowed("PutStream", result, request)
     if result.code == Code.OK:

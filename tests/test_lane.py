@@ -20,7 +20,7 @@ import pytest
 
 from improv_store.client import ObjectNotFound, StoreClient, Subscription
 from improv_store.client.lane import LaneSubscription
-from improv_store.laneframes import ONE_WAY
+from improv_store.protocol import ONE_WAY
 from improv_store.v1 import store_pb2 as pb
 
 HEADER = struct.Struct("<IB")

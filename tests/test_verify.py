@@ -24,7 +24,7 @@ import pytest
 from conftest import ServerProcess, corrupt_payload, edit_store
 
 from improv_store.client import DataCorrupted, ObjectID, StoreClient
-from improv_store.service.durability import DataDirectoryReader
+from improv_store.service.lmdb_backend import DataDirectoryReader
 
 CLI = os.path.join(os.path.dirname(sys.executable), "improv-store")
 MiB = 1 << 20

@@ -15,7 +15,7 @@ from test_verify import CLEAN, verify_json
 
 from improv_store.client import ObjectNotFound
 from improv_store.service import wal
-from improv_store.service.durability import Change
+from improv_store.service.lmdb_backend import Change
 from improv_store.v1 import store_pb2 as pb
 
 KEEP_LOGGED = ("--log-apply-interval", "3600")  # nothing logged reaches LMDB before the kill

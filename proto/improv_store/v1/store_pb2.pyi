@@ -365,6 +365,21 @@ class SessionResponse(_message.Message):
     pin_slots: int
     def __init__(self, session_id: _Optional[str] = ..., pin_table: _Optional[str] = ..., pin_slots: _Optional[int] = ...) -> None: ...
 
+class LaneError(_message.Message):
+    __slots__ = ("message", "trailing_metadata")
+    class TrailingMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_METADATA_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    trailing_metadata: _containers.ScalarMap[str, str]
+    def __init__(self, message: _Optional[str] = ..., trailing_metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class LaneOpenRequest(_message.Message):
     __slots__ = ("token",)
     TOKEN_FIELD_NUMBER: _ClassVar[int]

@@ -6,17 +6,17 @@ import os
 
 import pytest
 
-from improv_store import wire
+from improv_store import chunks
 from improv_store.v1 import store_pb2 as pb
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 4 << 20])
 def test_chunk_encoding_matches_protobuf(size: int) -> None:
     data = os.urandom(size)
-    encoded = wire.encode_chunk([data[: size // 3], memoryview(data)[size // 3 :]])
+    encoded = chunks.encode_chunk([data[: size // 3], memoryview(data)[size // 3 :]])
     assert encoded == pb.PutStreamRequest(chunk=data).SerializeToString()
     assert encoded == pb.GetStreamResponse(chunk=data).SerializeToString()
-    decoded = wire.decode_chunk(encoded)
+    decoded = chunks.decode_chunk(encoded)
     assert decoded is not None and bytes(decoded) == data
 
 
@@ -30,4 +30,4 @@ def test_chunk_encoding_matches_protobuf(size: int) -> None:
     b"\x12" + b"\xff" * 12,  # a length that never ends
 ])
 def test_anything_else_is_left_to_protobuf(message: bytes) -> None:
-    assert wire.decode_chunk(message) is None
+    assert chunks.decode_chunk(message) is None

@@ -1,4 +1,4 @@
-"""Process-wide memory tuning (improv_store.memory): each case runs in a fresh
+"""Process-wide memory tuning (improv_store.client.tuning): each case runs in a fresh
 interpreter, because what it changes is the whole process's allocator."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     """Bursts of megabyte buffers allocated and freed, as a stream of inline chunks
     makes: with the tuning they come back from the heap already mapped; without
     it glibc trims them back to the kernel and every page faults in again."""
-    tuned = _run(_CHURN.format(setup="from improv_store.memory import keep_freed_memory\n"
+    tuned = _run(_CHURN.format(setup="from improv_store.client.tuning import keep_freed_memory\n"
                                      "keep_freed_memory()"))
     untuned = _run(_CHURN.format(setup=""))
     pages_per_burst = (8 << 20) // 4096
@@ -87,7 +87,7 @@ def test_huge_pages_are_not_asked_for_small_or_unaligned_spans() -> None:
     (and nothing fails)."""
     _run("""
         import ctypes
-        from improv_store.memory import back_with_huge_pages
+        from improv_store.client.tuning import back_with_huge_pages
         buffer = ctypes.create_string_buffer(8 << 20)
         back_with_huge_pages(ctypes.addressof(buffer), 1 << 20)
         back_with_huge_pages(ctypes.addressof(buffer) + 4096, (2 << 20) - 8192)

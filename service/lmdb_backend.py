@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import TextIO, TypeVar
 
 import crc32c
-import grpc
 import lmdb
 from google.protobuf.message import DecodeError
 
+from improv_store.protocol import Code
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import StoreError, exhausted, history_gone
@@ -443,7 +443,7 @@ def payload_problem(meta: pb.ObjectMeta, payload: bytes | memoryview) -> str | N
 def corrupted(meta: pb.ObjectMeta, problem: str) -> StoreError:
     """DATA_LOSS naming the object (ID and name) whose stored payload is damaged."""
     return StoreError(
-        grpc.StatusCode.DATA_LOSS,
+        Code.DATA_LOSS,
         f"object {meta.id.hex()} ({meta.name or 'unnamed'}) is corrupted on disk: {problem}",
     )
 
