@@ -21,7 +21,8 @@ from .errors import (
 )
 from .ids import ObjectID
 from .models import Event, ObjectInfo, StoreInfo
-from .store_client import StoreClient, Subscription
+from .store_client import StoreClient
+from .subscription import Subscription
 
 __all__ = [
     "DataCorrupted",

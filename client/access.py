@@ -32,6 +32,7 @@ def resolve_token(token: str | None, token_file: str | None) -> str | None:
 
 
 def _read_token(path: str) -> str:
+    """The token in ``path``, whitespace stripped, as the server reads its own token file."""
     with open(path, encoding="utf-8") as handle:
         token = handle.read().strip()
     if not token:
@@ -77,6 +78,7 @@ class TlsSettings:
         return cls(ca, cert, key, server_name)
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC's credentials from these files, read now (a missing file fails here)."""
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca),
             private_key=_read(self.key),
@@ -85,6 +87,7 @@ class TlsSettings:
 
 
 def _read(path: str | None) -> bytes | None:
+    """The file's bytes; None (gRPC's default) when there is no file."""
     if path is None:
         return None
     with open(path, "rb") as handle:
@@ -116,7 +119,8 @@ class _CallDetails(
     ),
     grpc.ClientCallDetails,
 ):
-    pass
+    """ClientCallDetails with a constructor: gRPC's own class is abstract, and an
+    interceptor must pass on a copy to add metadata."""
 
 
 class _BearerToken(

@@ -1,4 +1,8 @@
-"""People's tools on the ``improv-store`` command: put, get, ls, rm, watch, info, health.
+"""The ``improv-store`` command: the people's tools (put, get, ls, rm, watch, info, health).
+
+``serve`` and ``verify`` are the server's: this process replaces itself with
+``python -m improv_store.service`` for them (same PID, so SIGTERM reaches the
+server), because the client never imports the server.
 
 Exit codes: 0 success, 1 object not found (or health not SERVING), 2 usage (or a
 local file that cannot be read or written), 3 store unreachable (TLS handshake
@@ -10,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import pprint
 import re
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
+
+from improv_store import __version__
 
 from .errors import (
     ObjectNotFound,
@@ -35,6 +42,39 @@ EXIT_STORE_ERROR = 4
 EXIT_ACCESS_DENIED = 5
 
 _HEX_ID = re.compile(r"[0-9a-fA-F]{40}")
+
+
+# The server's commands, run by exec'ing the server's module (see ``main``).
+SERVER_COMMANDS = {
+    "serve": "run the store server",
+    "verify": "check every stored payload in a data directory against its checksum",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``improv-store`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in SERVER_COMMANDS:
+        exec_server(args_list)
+    parser = argparse.ArgumentParser(
+        prog="improv-store",
+        description="An object store for real-time experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"improv-store {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in SERVER_COMMANDS.items():
+        # Listed in --help only: a server command never reaches this parser (exec above).
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    add_parsers(subparsers)
+    args = parser.parse_args(args_list)
+    result: int = args.handler(args)
+    return result
+
+
+def exec_server(argv: Sequence[str]) -> NoReturn:
+    """Become ``python -m improv_store.service ARGV``: the same process, so the same PID
+    (a container's PID 1 stays the server) and the same signals."""
+    os.execv(sys.executable, [sys.executable, "-m", "improv_store.service", *argv])
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -202,10 +242,11 @@ def _object_line(info: ObjectInfo) -> str:
 
 
 def _size(size: int) -> str:
+    scaled = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+        if scaled < 1024 or unit == "GiB":
+            return f"{scaled:.0f} {unit}" if unit == "B" else f"{scaled:.1f} {unit}"
+        scaled /= 1024
     return str(size)
 
 

@@ -1,8 +1,12 @@
-"""Typed exceptions for the statuses the store returns."""
+"""Typed exceptions for the statuses the store returns, over either transport."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
+
+from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, Code
 
 
 class StoreError(Exception):
@@ -99,26 +103,26 @@ _BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
         Unauthenticated,
     )
 }
+_STATUS_CODES = {Code(code.value[0]): code for code in grpc.StatusCode}
 
 
-def error_for(code: grpc.StatusCode, message: str) -> StoreError:
-    """The typed exception for a status code and message."""
+def status_code(value: int) -> grpc.StatusCode:
+    """The gRPC status numbered ``value`` (a lane status byte, a batch item's code)."""
+    return _STATUS_CODES[Code.of(value)]
+
+
+def error_for(
+    code: grpc.StatusCode, message: str, trailers: Mapping[str, str] | None = None
+) -> StoreError:
+    """The typed exception for a failed call's status, message and trailer values."""
     cls = _BY_CODE.get(code, StoreError)
+    if cls is HistoryUnavailable:
+        oldest = (trailers or {}).get(OLDEST_SEQUENCE_TRAILER)
+        return HistoryUnavailable(message, int(oldest) if oldest else None)
     return cls(message) if cls is not StoreError else StoreError(message, code)
 
 
 def from_rpc_error(exc: grpc.RpcError) -> StoreError:
-    """Translate a failed call into its typed exception."""
+    """Translate a failed gRPC call into its typed exception."""
     code = exc.code()
-    message = exc.details() or code.name
-    if code == grpc.StatusCode.OUT_OF_RANGE:
-        oldest = _trailer(exc, "improv-store-oldest-sequence")
-        return HistoryUnavailable(message, int(oldest) if oldest else None)
-    return error_for(code, message)
-
-
-def _trailer(exc: grpc.RpcError, key: str) -> str | None:
-    for name, value in exc.trailing_metadata() or ():
-        if name == key:
-            return value
-    return None
+    return error_for(code, exc.details() or code.name, dict(exc.trailing_metadata() or ()))

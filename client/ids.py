@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-ID_LENGTH = 20
+from improv_store.protocol import ID_LENGTH
 
 
 class ObjectID:
@@ -54,3 +54,7 @@ class ObjectID:
 
     def __str__(self) -> str:
         return self._raw.hex()
+
+
+# How a call names an object: an ObjectID or its 20 raw bytes, or a name.
+Ref = ObjectID | bytes | str

@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ObjectNotFound, StoreError
 from .ids import ObjectID
 from .store_client import StoreClient
-from .store_client import Subscription as _Subscription
+from .subscription import Subscription as _Subscription
 
 logger = logging.getLogger(__name__)
 

@@ -16,19 +16,22 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import struct
 import threading
+from typing import Any
 
-import crc32c
-
+from improv_store.layouts import (
+    INDEX_ENTRY,
+    INDEX_META_OFFSET,
+    INDEX_VERSION,
+    NO_ID,
+    PIN_SLOT_SIZE,
+    index_hash,
+)
+from improv_store.protocol import ID_LENGTH, SHM_DIR
 from improv_store.v1 import store_pb2 as pb
 
-from .shm import SHM_DIR, SegmentMaps
+from .shm import SegmentMaps
 
-VERSION = struct.Struct("@Q")  # native (memcpy): one aligned 8-byte load, never torn
-ENTRY = struct.Struct("<20sI4xQQH")  # id, segment number, offset, length, meta length
-PIN_SLOT_SIZE = 32
-_ID_SIZE = 20
 _ATTEMPTS = 3
 
 
@@ -54,14 +57,14 @@ class PinTable:
                 return None
             slot = self._free.pop()
         start = slot * PIN_SLOT_SIZE
-        self._table[start : start + _ID_SIZE] = object_id
+        self._table[start : start + ID_LENGTH] = object_id
         with self._lock:  # a locked instruction: a full barrier on x86-64
             pass
         return slot
 
     def unpin(self, slot: int) -> None:
         start = slot * PIN_SLOT_SIZE
-        self._table[start : start + _ID_SIZE] = bytes(_ID_SIZE)
+        self._table[start : start + ID_LENGTH] = NO_ID
         with self._lock:
             self._free.append(slot)
 
@@ -70,7 +73,7 @@ class IndexReader:
     """A read-only mapping of the server's object index."""
 
     def __init__(self, layout: pb.ObjectIndex, maps: SegmentMaps) -> None:
-        if "/" in layout.name or layout.slot_size < VERSION.size + ENTRY.size:
+        if "/" in layout.name or layout.slot_size < INDEX_META_OFFSET:
             raise ValueError(f"unusable object index {layout.name!r}")
         fd = os.open(os.path.join(SHM_DIR, layout.name), os.O_RDONLY)
         try:
@@ -90,7 +93,7 @@ class IndexReader:
         """The object's layout and its payload, or None: ask the server. A small payload is
         copied; a large one is an exporter of the memory in place, pinned in ``pins``
         until the exporter is garbage (none without ``pins``)."""
-        home = crc32c.crc32c(object_id) & self._mask
+        home = index_hash(object_id) & self._mask
         for distance in range(self._max_probe):
             base = ((home + distance) & self._mask) * self._slot_size
             for _ in range(_ATTEMPTS):
@@ -105,20 +108,20 @@ class IndexReader:
                 return found
         return None
 
-    def _read_slot(self, base: int, object_id: bytes, pins: PinTable | None) -> object:
+    def _read_slot(self, base: int, object_id: bytes, pins: PinTable | None) -> Any:
         """The slot's object if it is ``object_id``'s, else _EMPTY, _OTHER or _BUSY."""
         table = self._table
-        (before,) = VERSION.unpack_from(table, base)
+        (before,) = INDEX_VERSION.unpack_from(table, base)
         if before & 1:
             return _BUSY
-        entry = ENTRY.unpack_from(table, base + VERSION.size)
+        entry = INDEX_ENTRY.unpack_from(table, base + INDEX_VERSION.size)
         slot_id, segment, offset, length, meta_length = entry
         if slot_id != object_id:
             result = _EMPTY if not any(slot_id) else _OTHER
         elif length >= self._copy_limit:
             return self._read_in_place(base, before, entry, pins)
         else:
-            meta_start = base + VERSION.size + ENTRY.size
+            meta_start = base + INDEX_META_OFFSET
             meta = table[meta_start : meta_start + meta_length]
             try:
                 mapping = self._maps.get(f"{self._segment_prefix}{segment}")
@@ -127,7 +130,7 @@ class IndexReader:
             if offset + length > len(mapping):
                 return _BUSY
             result = (meta, mapping[offset : offset + length])
-        (after,) = VERSION.unpack_from(table, base)
+        (after,) = INDEX_VERSION.unpack_from(table, base)
         if after != before:
             return _BUSY
         if isinstance(result, tuple):
@@ -142,9 +145,9 @@ class IndexReader:
         object_id, segment, offset, length, meta_length = entry
         if pins is None or (pin := pins.pin(object_id)) is None:
             return _EMPTY
-        meta_start = base + VERSION.size + ENTRY.size
+        meta_start = base + INDEX_META_OFFSET
         meta = self._table[meta_start : meta_start + meta_length]
-        (after,) = VERSION.unpack_from(self._table, base)  # read after the pin was visible
+        (after,) = INDEX_VERSION.unpack_from(self._table, base)  # read after the pin was visible
         if after != before:
             pins.unpin(pin)
             return _BUSY

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
-import grpc
 from google.protobuf.message import Message
 
 from improv_store.protocol import LANE_HEADER as HEADER
@@ -27,7 +26,7 @@ from improv_store.protocol import ONE_WAY, read_lane_error, receive_exactly
 from improv_store.protocol import lane_frame as frame
 from improv_store.v1 import store_pb2 as pb
 
-from .errors import StoreUnavailable, error_for
+from .errors import StoreError, StoreUnavailable, error_for, status_code
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +94,9 @@ class Lane:
                 status, body = _read(self._socket)
             except OSError as exc:
                 self._close_locked()
-                raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane connection lost: {exc}") \
-                    from None
-        if status != grpc.StatusCode.OK:
-            raise error_for(status, read_lane_error(body).message)
+                raise StoreUnavailable(f"lane connection lost: {exc}") from None
+        if status:
+            raise _failure(status, body)
         return response_type.FromString(body)
 
     def release(self, lease_id: int) -> None:
@@ -154,7 +152,7 @@ class LaneSubscription:
             _write(self._socket, pb.LANE_METHOD_SUBSCRIBE, request.SerializeToString())
         except OSError as exc:
             self._socket.close()
-            raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
+            raise StoreUnavailable(f"lane {path}: {exc}") from None
         self._lock = threading.Lock()
         self._reading = False  # a thread is in _read: close() wakes it, and it closes
         self._closed = False
@@ -162,12 +160,12 @@ class LaneSubscription:
     def __iter__(self) -> Iterator[pb.SubscribeResponse]:
         while (frame := self._next_frame()) is not None:
             status, body = frame
-            if status != grpc.StatusCode.OK:
+            if status:
                 self.close()  # the server hangs up after it
-                raise error_for(status, read_lane_error(body).message)
+                raise _failure(status, body)
             yield pb.SubscribeResponse.FromString(body)
 
-    def _next_frame(self) -> tuple[grpc.StatusCode, bytes] | None:
+    def _next_frame(self) -> tuple[int, bytes] | None:
         """The next frame, or None once closed; StoreUnavailable if the connection is lost."""
         with self._lock:
             if self._closed:
@@ -185,7 +183,7 @@ class LaneSubscription:
                 if self._closed:
                     self._socket.close()
         self.close()
-        raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane subscription lost: {lost}")
+        raise StoreUnavailable(f"lane subscription lost: {lost}")
 
     def close(self) -> None:
         """End the subscription: the server sees the connection close and drops it."""
@@ -210,10 +208,10 @@ def _connect(path: str, token: str | None) -> tuple[socket.socket, pb.SessionRes
         status, body = _read(connection)
     except OSError as exc:
         connection.close()
-        raise error_for(grpc.StatusCode.UNAVAILABLE, f"lane {path}: {exc}") from None
-    if status != grpc.StatusCode.OK:
+        raise StoreUnavailable(f"lane {path}: {exc}") from None
+    if status:
         connection.close()
-        raise error_for(status, read_lane_error(body).message)
+        raise _failure(status, body)
     return connection, pb.SessionResponse.FromString(body)
 
 
@@ -221,21 +219,23 @@ def _write(connection: socket.socket, method: int, body: bytes) -> None:
     connection.sendall(frame(method, body))
 
 
-def _read(connection: socket.socket) -> tuple[grpc.StatusCode, bytes]:
-    """One response frame: its status and body."""
+def _read(connection: socket.socket) -> tuple[int, bytes]:
+    """One response frame: its status (a Code's number) and body."""
     length, status = HEADER.unpack(_receive(connection, HEADER.size))
-    return _status_code(status), _receive(connection, length - 1)
+    return status, _receive(connection, length - 1)
 
 
-def _receive(connection: socket.socket, size: int) -> bytes | bytearray:
+def _failure(status: int, body: bytes) -> StoreError:
+    """The typed exception of an answer whose status is not OK (its body a LaneError)."""
+    error = read_lane_error(body)
+    return error_for(status_code(status), error.message, error.trailing_metadata)
+
+
+def _receive(connection: socket.socket, size: int) -> bytes:
+    """``size`` bytes; a large body stays the bytearray it was received into (not copied),
+    which protobuf parses as it does bytes."""
     received = receive_exactly(connection, size)
     if received is None:
         raise ConnectionResetError("the store closed the lane")
-    return bytes(received) if size < (64 << 10) else received  # protobuf parses either
+    return bytes(received) if size < (64 << 10) else received  # type: ignore[return-value]
 
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def _status_code(value: int) -> grpc.StatusCode:
-    return _CODES.get(value, grpc.StatusCode.UNKNOWN)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from google.protobuf.message import Message
+
 from improv_store.v1 import store_pb2 as pb
 
 from .ids import ObjectID
@@ -127,37 +129,39 @@ class StoreInfo:
 
     @classmethod
     def from_proto(cls, info: pb.InfoResponse) -> StoreInfo:
+        arena = {name: getattr(info.arena, field) for name, field in _ARENA_FIELDS.items()}
         return cls(
             version=info.version,
             durability=_DURABILITY.get(info.durability, "unknown"),
-            object_count=info.object_count,
-            total_bytes=info.total_bytes,
-            last_sequence=info.last_sequence,
-            oldest_sequence=info.oldest_sequence,
-            committed_sequence=info.committed_sequence,
-            subscriber_count=info.subscriber_count,
             started=_time(info.start_time),
-            max_object_size=info.limits.max_object_size,
-            inline_limit=info.limits.inline_limit,
-            max_name_length=info.limits.max_name_length,
-            max_batch_size=info.limits.max_batch_size,
-            shm_min_size=info.limits.shm_min_size,
-            max_subscribers=info.limits.max_subscribers,
-            subscriber_buffer=info.limits.subscriber_buffer,
-            max_streams=info.limits.max_streams,
-            arena_capacity=info.arena.capacity,
-            arena_used=info.arena.used,
-            arena_pinned=info.arena.pinned,
-            evictions=info.arena.evictions,
-            resident_objects=info.arena.resident_objects,
-            segments=info.arena.segments,
             object_index=info.object_index.name,
-            sessions=info.arena.sessions,
-            requests=info.stats.requests,
-            failed_requests=info.stats.failed_requests,
-            commits=info.stats.commits,
-            commit_seconds=info.stats.commit_seconds,
-            committed_changes=info.stats.committed_changes,
-            subscriber_lag=info.stats.subscriber_lag,
-            open_streams=info.stats.open_streams,
+            **_copied(info, _INFO_FIELDS),
+            **_copied(info.limits, _LIMIT_FIELDS),
+            **_copied(info.stats, _STAT_FIELDS),
+            **arena,
         )
+
+
+# The StoreInfo fields that have the name of an InfoResponse field, or of one of its parts.
+_INFO_FIELDS = (
+    "object_count total_bytes last_sequence oldest_sequence committed_sequence subscriber_count"
+)
+_LIMIT_FIELDS = (
+    "max_object_size inline_limit max_name_length max_batch_size shm_min_size"
+    " max_subscribers subscriber_buffer max_streams"
+)
+_STAT_FIELDS = (
+    "requests failed_requests commits commit_seconds committed_changes subscriber_lag"
+    " open_streams"
+)
+# StoreInfo field: ArenaUsage field.
+_ARENA_FIELDS = {
+    "arena_capacity": "capacity", "arena_used": "used", "arena_pinned": "pinned",
+    "evictions": "evictions", "resident_objects": "resident_objects",
+    "segments": "segments", "sessions": "sessions",
+}
+
+
+def _copied(message: Message, names: str) -> dict[str, Any]:
+    """The fields of ``message`` named in ``names`` (space-separated), by name."""
+    return {name: getattr(message, name) for name in names.split()}

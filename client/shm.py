@@ -17,9 +17,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from improv_store.protocol import SHM_DIR
 from improv_store.v1 import store_pb2 as pb
-
-SHM_DIR = "/dev/shm"
 
 
 def is_colocated(token_name: str, token: bytes) -> bool:

@@ -1,11 +1,12 @@
-"""Process-wide memory tuning that both ends of a transfer need: glibc's malloc
-and transparent huge pages.
+"""Process-wide memory tuning for payloads that travel inline: glibc's malloc and
+transparent huge pages.
 
 Moving a payload through gRPC allocates and frees megabyte-sized buffers for
-every message, and a large get fills one fresh buffer. Both costs are page
-faults, not copies: on this kind of VM a 4 KiB page fault costs ~2 µs, so
-filling a fresh 100 MiB buffer took 55 ms where the copy alone takes 9.
-Shared by the client and the server, which import nothing else of each other.
+every message, and a large get fills one fresh buffer. Both cost page faults,
+not copies, and page faults cost more than the copy itself on a large payload
+(figures in docs/performance.md). This is process tuning, not part of the
+contract, so it lives with the client, whose inline gets need both; the server
+calls ``keep_freed_memory`` from here too, for the same buffers on its side.
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ def keep_freed_memory() -> None:
 
     Every payload that travels inline allocates megabyte-sized buffers;
     returned to the kernel each time, they page-fault back in on the next
-    call. Measured here: a 1 MiB inline Get 3x slower (3.6 ms against 1.2 ms),
-    and a 100 MiB GetStream received at 1.2-1.7 GB/s instead of 2.1-2.5
-    (bare grpcio, 1 MiB messages). Setting both thresholds also stops glibc
-    from moving them on its own. Allocations above 32 MiB are still mapped
-    afresh, and up to 256 MiB of freed heap is kept.
+    call. Setting both thresholds also stops glibc from moving them on its
+    own. Allocations above 32 MiB are still mapped afresh, and up to 256 MiB
+    of freed heap is kept.
     """
     mallopt = getattr(_libc, "mallopt", None)
     if mallopt is None:
@@ -52,10 +51,9 @@ def back_with_huge_pages(address: int, size: int) -> None:
     pages, so that filling it costs one page fault per 2 MiB instead of per 4 KiB.
 
     For fresh buffers of HUGE_PAGE_MIN_SIZE or more that are about to be filled
-    (numpy already does this for its own arrays). Measured: filling a fresh
-    100 MiB bytes object took 55 ms, 12 ms with huge pages. Only the whole
-    huge pages inside the buffer are advised; where the kernel does not
-    offer transparent huge pages this changes nothing.
+    (numpy already does this for its own arrays). Only the whole huge pages
+    inside the buffer are advised; where the kernel does not offer
+    transparent huge pages this changes nothing.
     """
     madvise = getattr(_libc, "madvise", None)
     if madvise is None or size < HUGE_PAGE_MIN_SIZE:

@@ -1,11 +1,7 @@
-"""``python -m improv_store.service`` runs ``improv-store serve``."""
+"""``python -m improv_store.service [serve|verify] ...``: the server's commands (default serve)."""
 
-import argparse
 import sys
 
-from .cli import add_parser
+from .cli import main
 
-parser = argparse.ArgumentParser(prog="python -m improv_store.service")
-add_parser(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(["serve", *sys.argv[1:]])
-sys.exit(args.handler(args))
+sys.exit(main(sys.argv[1:]))

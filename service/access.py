@@ -3,7 +3,8 @@
 The token, when configured, guards every gRPC listener (TCP and the unix
 socket) and every method except the standard health service, so probes and
 the container healthcheck need no secret. Missing and wrong tokens both end
-the call with UNAUTHENTICATED before any request message is parsed.
+the call with UNAUTHENTICATED before any request message is parsed. The lane
+checks the same token when a connection opens (``Handlers.Open``).
 """
 
 from __future__ import annotations
@@ -74,11 +75,6 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
         root_certificates=read_file(client_ca) if client_ca else None,
         require_client_auth=bool(client_ca),
     )
-
-
-def token_matches(expected: str, presented: str) -> bool:
-    """Compare tokens in constant time."""
-    return hmac.compare_digest(expected.encode(), presented.encode())
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

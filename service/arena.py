@@ -3,13 +3,13 @@
 Segments are created on demand (fallocated, so a full /dev/shm is a clean
 error rather than a SIGBUS later), up to the arena's capacity, and are kept
 once made: freed regions are reused while their pages are warm. Allocating
-a 64 MiB segment's pages takes tens of milliseconds, so when the newest
-segment is a quarter full the next one is prepared by a background thread,
-and the put that needs it finds it ready. (Mappings are not pre-faulted:
-MAP_POPULATE holds the GIL for as long, and every process maps the segment
-anyway; a page's first touch in a mapping is a cheap minor fault.) Every name
-carries the store's prefix so a restarted server can remove what a crashed
-predecessor left behind, and every file is owner-only.
+a segment's pages is far slower than a put, so when the newest segment is a
+quarter full the next one is prepared by a background thread, and the put
+that needs it finds it ready. Mappings are not pre-faulted: that would hold
+the GIL as long, every process maps the segment anyway, and a page's first
+touch in a mapping is a cheap minor fault. Every name carries the store's
+prefix so a restarted server can remove what a crashed predecessor left
+behind, and every file is owner-only.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``improv-store serve`` (a server from flags and IMPROV_STORE_* variables) and ``verify``."""
+"""The server's commands, ``serve`` and ``verify``: ``python -m improv_store.service``.
+
+The ``improv-store`` command (the client's dispatcher) execs this module for
+them, so the client never imports the server.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,48 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import lmdb
 
-from .config import ServerConfig, add_serve_arguments, config_from_args
+from .config import add_arguments, config_from_args
 from .server import run
 from .verify import verify
 
 EXIT_CLEAN, EXIT_CORRUPT, EXIT_CANNOT_OPEN = 0, 1, 2
 
+COMMANDS = ("serve", "verify")
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``serve`` on the top-level ``improv-store`` parser."""
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``serve`` or ``verify``; without either command first, the arguments are serve's."""
+    if not argv or argv[0] not in COMMANDS:
+        argv = ["serve", *argv]
+    parser = argparse.ArgumentParser(
+        prog="improv-store", description="The improv-store server's commands."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_parser(subparsers)
+    add_verify_parser(subparsers)
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``serve``: one flag per server option."""
     parser = subparsers.add_parser(
         "serve",
         help="run the store server",
-        description="Run the store server. Every flag also reads an IMPROV_STORE_* variable.",
+        description="Run the store server. Every flag also reads an IMPROV_STORE_* variable;"
+        " a flag wins over its variable, which wins over the default.",
     )
-    add_serve_arguments(parser)
+    add_arguments(parser)
     parser.set_defaults(handler=serve)
 
 
 def add_verify_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``verify`` on the top-level ``improv-store`` parser."""
+    """Register ``verify``, which reads the same --data-dir option as ``serve``."""
     parser = subparsers.add_parser(
         "verify",
         help="check every stored payload against its checksum",
@@ -39,11 +62,7 @@ def add_verify_parser(subparsers: argparse._SubParsersAction) -> None:
         " what the server has committed to disk). Exit 0: all sound; 1: corruption found"
         " (each corrupt object is listed by ID and name); 2: the directory cannot be read.",
     )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("IMPROV_STORE_DATA_DIR", ServerConfig().data_dir),
-        help="the server's data directory (IMPROV_STORE_DATA_DIR)",
-    )
+    add_arguments(parser, ["data_dir"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=verify_command)
 
@@ -90,13 +109,12 @@ def serve(args: argparse.Namespace) -> int:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
-
-    converter = time.gmtime
+    """One JSON object per line: time (UTC), level, logger, message (and the traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

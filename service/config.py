@@ -1,55 +1,217 @@
-"""Server configuration: one dataclass, filled from flags or IMPROV_STORE_* variables."""
+"""Server configuration: each option declared once, as a field of ServerConfig.
+
+A field made with ``option()`` is a server option: its flag (``--wal-size``),
+its environment variable (``IMPROV_STORE_WAL_SIZE``), its parser, its help and
+its row in docs/configuration.md are all derived from that one declaration.
+``python -m improv_store.service.config --update docs/configuration.md``
+regenerates the documented table; tests/test_config.py fails when it drifts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any
 
 from .access import is_loopback, load_token
 
 DURABILITY_MODES = ("sync", "async", "none")
+ENV_PREFIX = "IMPROV_STORE_"
 
 MiB = 1 << 20
 GiB = 1 << 30
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as ``512``, ``64M``, ``2GiB`` or ``1.5g``."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number = cleaned.rstrip("kmgt")
+    unit = cleaned[len(number) :]
+    if unit not in _SIZE_UNITS or not number:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)")
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)") from None
+
+
+def format_size(size: int) -> str:
+    """The shortest exact spelling ``parse_size`` reads back: ``2G``, ``64K``, ``1000``."""
+    for unit, factor in sorted(_SIZE_UNITS.items(), key=lambda item: -item[1]):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit.upper()}"
+    return str(size)
+
+
+def parse_mode(text: str) -> int:
+    """Parse an octal permission mode such as ``0600`` or ``660``."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (use e.g. 0600)") from None
+
+
+def parse_flag(text: str) -> bool:
+    """An IMPROV_STORE_* boolean: 1/true/yes/on, or 0/false/no/off/empty."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use 1 or 0)")
+
+
+def parse_on_off(text: str) -> bool:
+    """``on`` or ``off``, the spelling of switches that are on by default; the
+    clients' spellings of the same variables (1/0, yes/no, true/false) too."""
+    value = text.strip().lower()
+    if value in ("on", "1", "yes", "true"):
+        return True
+    if value in ("off", "0", "no", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one ServerConfig field is set from a command line or the environment."""
+
+    help: str
+    # Text to value; ``options()`` fills it from the field's annotation when not given.
+    parse: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] = ()
+    # The default as the documentation says it, where the field's value does not.
+    shown: str = ""
+
+    def convert(self, text: str) -> Any:
+        """The field's value for a flag's or variable's text; argparse reports the errors."""
+        assert self.parse is not None, "options() gives every option its parser"
+        try:
+            value = self.parse(text)
+        except ValueError:  # int() and float(): argparse would name the wrapper, not them
+            name = getattr(self.parse, "__name__", "")
+            raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r}") from None
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(repr(choice) for choice in self.choices)
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {allowed})")
+        return value
+
+
+def option(
+    default: Any,
+    help_text: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] = (),
+    shown: str = "",
+) -> Any:
+    """A ServerConfig field that is also a server option (``parse`` defaults by its type)."""
+    return field(default=default, metadata={"option": Option(help_text, parse, choices, shown)})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything a server needs to start; defaults suit one improv rig."""
 
-    socket: str = "/tmp/improv-store.sock"
-    listen: str = "127.0.0.1:50051"
-    data_dir: str = "./improv-store-data"
-    durability: str = "async"
-    commit_interval: float = 0.1
-    log_apply_interval: float = 1.0
-    wal_size: int = 32 * MiB
-    max_object_size: int = 2 * GiB
-    inline_limit: int = 4 * MiB
+    socket: str = option(
+        "/tmp/improv-store.sock",
+        "unix socket path (created with --socket-mode); empty: no unix socket",
+    )
+    socket_mode: int = option(0o600, "permissions of the unix socket, in octal", parse=parse_mode)
+    listen: str = option("127.0.0.1:50051", "TCP host:port; empty: no TCP listener")
+    tls_cert: str = option("", "PEM certificate (chain): TLS on the TCP listener, with --tls-key")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_client_ca: str = option(
+        "",
+        "PEM CA certificates: TCP clients must present a certificate one of them signed"
+        " (mutual TLS)",
+    )
+    token_file: str = option(
+        "",
+        "file holding a token every RPC must carry as 'authorization: Bearer TOKEN', on TCP"
+        " and the unix socket; health checks stay open",
+    )
+    insecure: bool = option(
+        False, "allow TCP beyond loopback with neither TLS nor a token (logs a warning)"
+    )
+    data_dir: str = option(
+        "./improv-store-data", "LMDB environment directory (one server per directory)"
+    )
+    durability: str = option(
+        "async",
+        "sync: fsync before replying; async: commit every --commit-interval; none: memory only",
+        choices=DURABILITY_MODES,
+    )
+    commit_interval: float = option(0.1, "seconds between background commits in async mode")
+    log_apply_interval: float = option(
+        1.0,
+        "sync mode: seconds between applying the write-ahead log to LMDB, which is also"
+        " applied when a quarter of it is written",
+    )
+    wal_size: int = option(
+        32 * MiB,
+        "sync mode: size of the preallocated write-ahead log that makes small writes durable"
+        " with one fsync; 0: commit each batch to LMDB instead",
+        parse=parse_size,
+    )
+    max_object_size: int = option(2 * GiB, "largest payload accepted", parse=parse_size)
+    max_name_length: int = option(
+        256,
+        "longest object name (and List/Subscribe prefix) in UTF-8 bytes; longer is"
+        " INVALID_ARGUMENT",
+    )
+    max_batch_size: int = option(
+        1024, "most refs in a BatchGet or items in a BatchPut; more is INVALID_ARGUMENT"
+    )
+    event_retention: int = option(100_000, "events kept for Subscribe replay")
+    subscriber_buffer: int = option(10_000, "events buffered per subscriber before it is cut off")
+    max_subscribers: int = option(64, "concurrent Subscribe streams; more is RESOURCE_EXHAUSTED")
+    max_streams: int = option(
+        48,
+        "concurrent PutStream, GetStream and Session streams; more is RESOURCE_EXHAUSTED"
+        " (with --max-subscribers, below --max-workers)",
+    )
+    max_workers: int = option(128, "server threads; each open stream holds one")
+    initial_map_size: int = option(
+        1 * GiB, "starting LMDB map size; it grows on demand", parse=parse_size
+    )
+    memory: int | None = option(
+        None,
+        "shared memory for objects, e.g. 4G; start-up says what to do when /dev/shm is too"
+        " small (a container's default is 64 MB: run it with --shm-size)",
+        parse=parse_size,
+        shown="half of free /dev/shm",
+    )
+    lane: bool = option(
+        True,
+        "the local lane, on or off: a plain unix socket beside --socket (its path + '.lane')"
+        " that colocated clients use for fast calls",
+        parse=parse_on_off,
+    )
+    index_slots: int = option(
+        1 << 16,
+        "slots of the shared-memory object index that colocated clients read small objects"
+        " from without a call (a power of two; 0: off)",
+    )
+    metrics_listen: str = option("", "host:port to serve Prometheus /metrics on; empty: off")
+    log_format: str = option(
+        "text", "text lines, or one JSON object per line", choices=("text", "json")
+    )
+    log_level: str = option(
+        "INFO", "logging threshold", parse=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    # Not options: message and inline sizes the clients assume too, and the stop grace period.
     max_message_size: int = 32 * MiB
-    max_name_length: int = 256
-    max_batch_size: int = 1024
-    event_retention: int = 100_000
-    subscriber_buffer: int = 10_000
-    max_subscribers: int = 64
-    max_streams: int = 48
-    max_workers: int = 128
-    initial_map_size: int = 1 * GiB
-    memory: int | None = None
-    metrics_listen: str = ""
-    lane: bool = True
-    log_format: str = "text"
+    inline_limit: int = 4 * MiB
     shm_min_size: int = 64 << 10
-    index_slots: int = 1 << 16
     shutdown_grace: float = 5.0
-    log_level: str = "INFO"
-    socket_mode: int = 0o600
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    token_file: str = ""
-    insecure: bool = False
     # Read from token_file when the config is built; never printed.
     token: str = field(default="", init=False, repr=False, compare=False)
 
@@ -104,258 +266,134 @@ class ServerConfig:
         )
 
 
-def parse_size(text: str) -> int:
-    """Parse a byte count such as ``512``, ``64M``, ``2GiB`` or ``1.5g``."""
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    number = cleaned.rstrip("kmgt")
-    unit = cleaned[len(number) :]
-    if unit not in units or not number:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)")
-    try:
-        return int(float(number) * units[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)") from None
+# Parsers by annotation (a string: this module postpones annotations).
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": parse_flag,
+}
 
 
-def parse_mode(text: str) -> int:
-    """Parse an octal permission mode such as ``0600`` or ``660``."""
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (use e.g. 0600)") from None
+def options() -> list[tuple[Field[Any], Option]]:
+    """The server options, in declaration order, each with its ServerConfig field."""
+    found = []
+    for each in fields(ServerConfig):
+        if "option" in each.metadata:
+            opt: Option = each.metadata["option"]
+            if opt.parse is None:
+                opt = replace(opt, parse=_PARSERS[str(each.type)])
+            found.append((each, opt))
+    return found
 
 
-def parse_flag(text: str) -> bool:
-    """An IMPROV_STORE_* boolean: 1/true/yes/on, or 0/false/no/off/empty."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use 1 or 0)")
+def flag_name(name: str) -> str:
+    """``wal_size`` -> ``--wal-size``."""
+    return "--" + name.replace("_", "-")
 
 
-def _env(name: str, default: object) -> object:
-    """The IMPROV_STORE_<NAME> variable if set, else the default."""
-    return os.environ.get("IMPROV_STORE_" + name.upper(), default)
+def variable_name(name: str) -> str:
+    """``wal_size`` -> ``IMPROV_STORE_WAL_SIZE``."""
+    return ENV_PREFIX + name.upper()
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per ServerConfig field; each defaults to its environment variable."""
-    d = ServerConfig()
-    add = parser.add_argument
-    add(
-        "--socket",
-        default=_env("socket", d.socket),
-        help="unix socket path; empty to disable (IMPROV_STORE_SOCKET)",
-    )
-    add(
-        "--socket-mode",
-        type=parse_mode,
-        default=_env("socket_mode", f"{d.socket_mode:04o}"),
-        help="permissions of the unix socket, in octal (IMPROV_STORE_SOCKET_MODE)",
-    )
-    add(
-        "--listen",
-        default=_env("listen", d.listen),
-        help="TCP host:port; empty to disable (IMPROV_STORE_LISTEN)",
-    )
-    add(
-        "--tls-cert",
-        default=_env("tls_cert", d.tls_cert),
-        help="PEM certificate (chain) for TLS on the TCP listener (IMPROV_STORE_TLS_CERT)",
-    )
-    add(
-        "--tls-key",
-        default=_env("tls_key", d.tls_key),
-        help="PEM private key of --tls-cert (IMPROV_STORE_TLS_KEY)",
-    )
-    add(
-        "--tls-client-ca",
-        default=_env("tls_client_ca", d.tls_client_ca),
-        help="PEM CA certificates: TCP clients must present a certificate one of them"
-        " signed (mutual TLS) (IMPROV_STORE_TLS_CLIENT_CA)",
-    )
-    add(
-        "--token-file",
-        default=_env("token_file", d.token_file),
-        help="file holding a token every RPC must carry as 'authorization: Bearer <token>',"
-        " on TCP and the unix socket; health checks stay open (IMPROV_STORE_TOKEN_FILE)",
-    )
-    add(
-        "--insecure",
-        nargs="?",
-        const=True,
-        type=parse_flag,
-        default=_env("insecure", "0"),
-        help="allow TCP beyond loopback without TLS or a token (IMPROV_STORE_INSECURE=1)",
-    )
-    add(
-        "--data-dir",
-        default=_env("data_dir", d.data_dir),
-        help="LMDB directory (IMPROV_STORE_DATA_DIR)",
-    )
-    add(
-        "--durability",
-        choices=DURABILITY_MODES,
-        default=_env("durability", d.durability),
-        help="sync: fsync before replying; async: commit every interval; none: memory only"
-        " (IMPROV_STORE_DURABILITY)",
-    )
-    add(
-        "--commit-interval",
-        type=float,
-        default=_env("commit_interval", d.commit_interval),
-        help="seconds between background commits in async mode (IMPROV_STORE_COMMIT_INTERVAL)",
-    )
-    add(
-        "--log-apply-interval",
-        type=float,
-        default=_env("log_apply_interval", d.log_apply_interval),
-        help="sync mode: seconds between applying the write-ahead log to LMDB, which is"
-        " also applied when a quarter of it is written (IMPROV_STORE_LOG_APPLY_INTERVAL)",
-    )
-    add(
-        "--wal-size",
-        type=parse_size,
-        default=_env("wal_size", d.wal_size),
-        help="sync mode: size of the preallocated write-ahead log that makes small writes"
-        " durable with one fsync; 0: commit each batch to LMDB instead (IMPROV_STORE_WAL_SIZE)",
-    )
-    add(
-        "--max-object-size",
-        type=parse_size,
-        default=_env("max_object_size", d.max_object_size),
-        help="largest payload accepted, e.g. 2G (IMPROV_STORE_MAX_OBJECT_SIZE)",
-    )
-    add(
-        "--max-name-length",
-        type=int,
-        default=_env("max_name_length", d.max_name_length),
-        help="longest object name (and List/Subscribe prefix) in UTF-8 bytes; longer is"
-        " INVALID_ARGUMENT (IMPROV_STORE_MAX_NAME_LENGTH)",
-    )
-    add(
-        "--max-batch-size",
-        type=int,
-        default=_env("max_batch_size", d.max_batch_size),
-        help="most refs in a BatchGet or items in a BatchPut; more is INVALID_ARGUMENT"
-        " (IMPROV_STORE_MAX_BATCH_SIZE)",
-    )
-    add(
-        "--event-retention",
-        type=int,
-        default=_env("event_retention", d.event_retention),
-        help="events kept for Subscribe replay (IMPROV_STORE_EVENT_RETENTION)",
-    )
-    add(
-        "--subscriber-buffer",
-        type=int,
-        default=_env("subscriber_buffer", d.subscriber_buffer),
-        help="events buffered per subscriber before it is cut off (IMPROV_STORE_SUBSCRIBER_BUFFER)",
-    )
-    add(
-        "--max-subscribers",
-        type=int,
-        default=_env("max_subscribers", d.max_subscribers),
-        help="concurrent Subscribe streams; more is RESOURCE_EXHAUSTED"
-        " (IMPROV_STORE_MAX_SUBSCRIBERS)",
-    )
-    add(
-        "--max-streams",
-        type=int,
-        default=_env("max_streams", d.max_streams),
-        help="concurrent PutStream, GetStream and Session streams; more is RESOURCE_EXHAUSTED"
-        " (IMPROV_STORE_MAX_STREAMS)",
-    )
-    add(
-        "--max-workers",
-        type=int,
-        default=_env("max_workers", d.max_workers),
-        help="server threads; each open stream holds one (IMPROV_STORE_MAX_WORKERS)",
-    )
-    add(
-        "--initial-map-size",
-        type=parse_size,
-        default=_env("initial_map_size", d.initial_map_size),
-        help="starting LMDB map size; it grows on demand (IMPROV_STORE_INITIAL_MAP_SIZE)",
-    )
-    add(
-        "--memory",
-        type=parse_size,
-        default=_env("memory", None),
-        help="shared memory for objects, e.g. 4G; default half of free /dev/shm"
-        " (IMPROV_STORE_MEMORY)",
-    )
-    add(
-        "--lane",
-        choices=("on", "off"),
-        default=_env("lane", "on"),
-        help="the local lane: a plain unix socket beside --socket (path + '.lane') that"
-        " colocated clients use for fast calls (IMPROV_STORE_LANE)",
-    )
-    add(
-        "--index-slots",
-        type=int,
-        default=_env("index_slots", d.index_slots),
-        help="slots of the shared-memory object index that colocated clients read small"
-        " objects from without a call (a power of two; 0: off) (IMPROV_STORE_INDEX_SLOTS)",
-    )
-    add(
-        "--metrics-listen",
-        default=_env("metrics_listen", d.metrics_listen),
-        help="host:port to serve Prometheus /metrics on; empty: off"
-        " (IMPROV_STORE_METRICS_LISTEN)",
-    )
-    add(
-        "--log-format",
-        choices=("text", "json"),
-        default=_env("log_format", d.log_format),
-        help="text lines, or one JSON object per line (IMPROV_STORE_LOG_FORMAT)",
-    )
-    add(
-        "--log-level",
-        default=_env("log_level", d.log_level),
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        type=str.upper,
-        help="logging threshold (IMPROV_STORE_LOG_LEVEL)",
-    )
+def shown_default(config_field: Field[Any], opt: Option) -> str:
+    """The default as a person would type it (``32M``, ``0600``, ``on``), or ``off``."""
+    value: Any = config_field.default
+    if opt.shown:
+        return opt.shown
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == "":
+        return "off"
+    if opt.parse is parse_size:
+        return format_size(value)
+    if opt.parse is parse_mode:
+        return f"{value:04o}"
+    return str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+    """Add a flag for each option (or the named ones) that defaults to its variable.
+
+    The precedence is flag > variable > built-in default. A variable's text is
+    a string default, which argparse converts and checks with the flag's own
+    type, so a bad value is reported as a bad flag value would be.
+    """
+    wanted = set(names) if names is not None else None
+    for config_field, opt in options():
+        if wanted is not None and config_field.name not in wanted:
+            continue
+        variable = variable_name(config_field.name)
+        help_text = f"{opt.help} ({variable}; default {shown_default(config_field, opt)})"
+        extra: dict[str, Any] = {}
+        if opt.parse is parse_flag:
+            extra = {"nargs": "?", "const": True}  # a bare --insecure means yes
+        if opt.parse is parse_on_off:
+            extra["metavar"] = "{on,off}"
+        if opt.choices:
+            extra["metavar"] = "{" + ",".join(opt.choices) + "}"
+        parser.add_argument(
+            flag_name(config_field.name),
+            type=opt.convert,
+            default=os.environ.get(variable, config_field.default),
+            help=help_text.replace("%", "%%"),
+            **extra,
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Build a ServerConfig from parsed ``serve`` arguments.
+    """Build a ServerConfig from arguments parsed by a parser ``add_arguments`` filled."""
+    return ServerConfig(**{each.name: getattr(args, each.name) for each, _ in options()})
 
-    argparse applies each flag's type to a string default too, so values that
-    came from the environment arrive converted.
-    """
-    return ServerConfig(
-        socket=args.socket,
-        socket_mode=args.socket_mode,
-        listen=args.listen,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        token_file=args.token_file,
-        insecure=args.insecure,
-        data_dir=args.data_dir,
-        durability=args.durability,
-        commit_interval=float(args.commit_interval),
-        log_apply_interval=float(args.log_apply_interval),
-        wal_size=args.wal_size,
-        max_object_size=args.max_object_size,
-        max_name_length=int(args.max_name_length),
-        max_batch_size=int(args.max_batch_size),
-        event_retention=int(args.event_retention),
-        subscriber_buffer=int(args.subscriber_buffer),
-        max_subscribers=int(args.max_subscribers),
-        max_streams=int(args.max_streams),
-        max_workers=int(args.max_workers),
-        initial_map_size=args.initial_map_size,
-        memory=args.memory,
-        metrics_listen=args.metrics_listen,
-        lane=args.lane == "on",
-        index_slots=int(args.index_slots),
-        log_format=args.log_format,
-        log_level=args.log_level,
+
+# -- documentation ---------------------------------------------------------------------------
+
+TABLE_START = "<!-- options: generated from service/config.py; do not edit by hand -->"
+TABLE_END = "<!-- options end -->"
+REGENERATE = "python -m improv_store.service.config --update docs/configuration.md"
+
+
+def markdown_table() -> str:
+    """The documentation's option table: flag, variable, default and meaning of each option."""
+    rows = ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for config_field, opt in options():
+        default = shown_default(config_field, opt)
+        if default != "off" and not opt.shown:
+            default = f"`{default}`"
+        meaning = re.sub(r"[|<>]", lambda match: "\\" + match.group(), opt.help)
+        if opt.choices:
+            meaning += "; one of " + ", ".join(f"`{choice}`" for choice in opt.choices)
+        rows.append(
+            f"| `{flag_name(config_field.name)}` | `{variable_name(config_field.name)}`"
+            f" | {default} | {meaning} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def with_table(document: str) -> str:
+    """``document`` with the text between the table markers replaced by ``markdown_table()``."""
+    start = document.index(TABLE_START) + len(TABLE_START)
+    end = document.index(TABLE_END, start)
+    return document[:start] + "\n" + markdown_table() + document[end:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the option table, or rewrite it inside a document (``--update PATH``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m improv_store.service.config", description=main.__doc__
     )
+    parser.add_argument("--update", metavar="PATH", help="rewrite the table between the markers")
+    args = parser.parse_args(argv)
+    if args.update is None:
+        sys.stdout.write(markdown_table())
+        return 0
+    with open(args.update) as handle:
+        document = handle.read()
+    with open(args.update, "w") as handle:
+        handle.write(with_table(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

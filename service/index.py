@@ -1,7 +1,7 @@
 """The object index: where small resident payloads are, in shared memory, for colocated readers.
 
-A get over the local lane still costs a round trip between two processes,
-about twice a Plasma get. Colocated clients already map the arena, so the
+A get over the local lane still costs a round trip between two processes.
+Colocated clients already map the arena, so the
 server publishes, for every small resident object, its slot in a table in
 /dev/shm; a client finds the payload there and copies it out with no call at
 all. The table's layout is part of the contract (``ObjectIndex`` in
@@ -22,21 +22,16 @@ import contextlib
 import mmap
 import os
 import platform
-import struct
 
-import crc32c
-
+from improv_store.layouts import INDEX_ENTRY, INDEX_META_OFFSET, INDEX_VERSION, NO_ID, index_hash
+from improv_store.protocol import SHM_DIR
 from improv_store.v1 import store_pb2 as pb
 
-from .arena import SHM_DIR, Region
+from .arena import Region
 
 SLOT_SIZE = 128
 MAX_PROBE = 16
-VERSION = struct.Struct("@Q")  # native: one aligned 8-byte store, never torn on x86-64
-ENTRY = struct.Struct("<20sI4xQQH")  # id, segment number, offset, length, meta length
-META_OFFSET = VERSION.size + ENTRY.size
-MAX_META = SLOT_SIZE - META_OFFSET
-_EMPTY_ID = bytes(20)
+MAX_META = SLOT_SIZE - INDEX_META_OFFSET
 
 
 def supported() -> bool:
@@ -90,12 +85,12 @@ class ObjectIndex:
         slot and a slot is free."""
         object_id = meta.id
         too_large = meta.size >= self.max_payload and not self.views
-        if too_large or object_id == _EMPTY_ID or object_id in self._slot_of:
+        if too_large or object_id == NO_ID or object_id in self._slot_of:
             return
         encoded = self._layout(meta)
         if len(encoded) > MAX_META:
             return
-        home = crc32c.crc32c(object_id) & self._mask
+        home = index_hash(object_id) & self._mask
         for distance in range(MAX_PROBE):
             slot = (home + distance) & self._mask
             if self._slot_ids[slot] is None:
@@ -126,7 +121,7 @@ class ObjectIndex:
         gap = slot
         following = (gap + 1) & self._mask
         while (moved_id := self._slot_ids[following]) is not None:
-            home = crc32c.crc32c(moved_id) & self._mask
+            home = index_hash(moved_id) & self._mask
             if (following - home) & self._mask >= (following - gap) & self._mask:
                 self._move(following, gap)
                 gap = following
@@ -142,32 +137,32 @@ class ObjectIndex:
         self, slot: int, object_id: bytes, entry: tuple[bytes, int, int, int], meta: bytes
     ) -> None:
         base = slot * SLOT_SIZE
-        (version,) = VERSION.unpack_from(self._table, base)
-        VERSION.pack_into(self._table, base, version + 1)
-        ENTRY.pack_into(self._table, base + VERSION.size, *entry, len(meta))
-        self._table[base + META_OFFSET : base + META_OFFSET + len(meta)] = meta
-        VERSION.pack_into(self._table, base, version + 2)
+        (version,) = INDEX_VERSION.unpack_from(self._table, base)
+        INDEX_VERSION.pack_into(self._table, base, version + 1)
+        INDEX_ENTRY.pack_into(self._table, base + INDEX_VERSION.size, *entry, len(meta))
+        self._table[base + INDEX_META_OFFSET : base + INDEX_META_OFFSET + len(meta)] = meta
+        INDEX_VERSION.pack_into(self._table, base, version + 2)
         self._slot_ids[slot] = object_id
         self._slot_of[object_id] = slot
 
     def _clear(self, slot: int) -> None:
         base = slot * SLOT_SIZE
-        (version,) = VERSION.unpack_from(self._table, base)
-        VERSION.pack_into(self._table, base, version + 1)
-        self._table[base + VERSION.size : base + VERSION.size + len(_EMPTY_ID)] = _EMPTY_ID
-        VERSION.pack_into(self._table, base, version + 2)
+        (version,) = INDEX_VERSION.unpack_from(self._table, base)
+        INDEX_VERSION.pack_into(self._table, base, version + 1)
+        self._table[base + INDEX_VERSION.size : base + INDEX_VERSION.size + len(NO_ID)] = NO_ID
+        INDEX_VERSION.pack_into(self._table, base, version + 2)
         self._slot_ids[slot] = None
 
     def _move(self, source: int, target: int) -> None:
         object_id = self._slot_ids[source]
         assert object_id is not None
         base = source * SLOT_SIZE
-        entry_bytes = bytes(self._table[base + VERSION.size : base + SLOT_SIZE])
+        entry_bytes = bytes(self._table[base + INDEX_VERSION.size : base + SLOT_SIZE])
         target_base = target * SLOT_SIZE
-        (version,) = VERSION.unpack_from(self._table, target_base)
-        VERSION.pack_into(self._table, target_base, version + 1)
-        self._table[target_base + VERSION.size : target_base + SLOT_SIZE] = entry_bytes
-        VERSION.pack_into(self._table, target_base, version + 2)
+        (version,) = INDEX_VERSION.unpack_from(self._table, target_base)
+        INDEX_VERSION.pack_into(self._table, target_base, version + 1)
+        self._table[target_base + INDEX_VERSION.size : target_base + SLOT_SIZE] = entry_bytes
+        INDEX_VERSION.pack_into(self._table, target_base, version + 2)
         self._slot_ids[target] = object_id
         self._slot_of[object_id] = target
         self._clear(source)

@@ -3,18 +3,18 @@
 A unary gRPC call costs about ten times a request/response on a unix socket
 between two Python processes, and small objects are all call overhead. The
 lane carries the very same protobuf messages, length-prefixed (framing in
-store.proto, ``LaneMethod``), and runs them through the same servicer code,
-so validation, statuses and leases are identical. A connection opens with
-LANE_METHOD_OPEN, which carries the server's token when it has one (the same
-check gRPC calls pass), and is then a session: when it closes, for whatever
-reason, its leases and unsealed creates are dropped, as when a gRPC Session
-stream ends.
+store.proto, ``LaneMethod``), to the same handlers as the gRPC servicer
+(``service/handlers.py``), so validation, statuses, trailer values and leases
+are identical. A connection opens with LANE_METHOD_OPEN, which carries the
+server's token when it has one (the same check gRPC calls pass), and is then a
+session: when it closes, for whatever reason, its leases and unsealed creates
+are dropped, as when a gRPC Session stream ends.
 
-LANE_METHOD_SUBSCRIBE makes a connection one subscription: the servicer's
-Subscribe runs as for gRPC, each response goes out as a frame, and the
-stream ends with one frame of its closing status. The client says nothing
-more; a watcher thread waits for it to hang up, to end the subscription
-(and free its slot and buffer) while it is idle.
+LANE_METHOD_SUBSCRIBE makes a connection one subscription: each response of
+the Subscribe handler goes out as a frame, and the stream ends with one frame
+of its closing status. The client says nothing more; a watcher thread waits
+for it to hang up, to end the subscription (and free its slot and buffer)
+while it is idle.
 """
 
 from __future__ import annotations
@@ -32,86 +32,47 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
+from improv_store.protocol import LANE_CALLS, MAX_OPEN_FRAME, ONE_WAY, Code, lane_error, parse
 from improv_store.protocol import LANE_HEADER as HEADER
-from improv_store.protocol import ONE_WAY
 from improv_store.protocol import lane_frame as frame
 from improv_store.v1 import store_pb2 as pb
 
-from .access import token_matches
 from .errors import StoreError
-from .servicer import StoreServicer, grpc_status
-from .store import Store
+from .handlers import (
+    EventStream,
+    Handlers,
+    Pending,
+    UnaryHandler,
+    as_store_error,
+    checked,
+    parsed,
+)
 
 log = logging.getLogger(__name__)
 
-_MAX_OPEN_FRAME = 64 << 10
 
-# method -> (servicer method name, request type)
-METHODS: dict[int, tuple[str, type[Message]]] = {
-    pb.LANE_METHOD_PUT: ("Put", pb.PutRequest),
-    pb.LANE_METHOD_GET: ("Get", pb.GetRequest),
-    pb.LANE_METHOD_BATCH_GET: ("BatchGet", pb.BatchGetRequest),
-    pb.LANE_METHOD_DELETE: ("Delete", pb.DeleteRequest),
-    pb.LANE_METHOD_REPLACE: ("Replace", pb.ReplaceRequest),
-    pb.LANE_METHOD_CREATE: ("Create", pb.CreateRequest),
-    pb.LANE_METHOD_SEAL: ("Seal", pb.SealRequest),
-    pb.LANE_METHOD_ABORT: ("Abort", pb.AbortRequest),
-    pb.LANE_METHOD_RELEASE: ("Release", pb.ReleaseRequest),
-    pb.LANE_METHOD_INFO: ("Info", pb.InfoRequest),
-    pb.LANE_METHOD_LIST: ("List", pb.ListRequest),
-    pb.LANE_METHOD_BATCH_PUT: ("BatchPut", pb.BatchPutRequest),
-}
+@dataclass(frozen=True)
+class _Call:
+    """A lane method served by a unary handler."""
+
+    rpc: str
+    request_type: type[Message]
+    handler: UnaryHandler
+    # Whether its request has a ``wait``: one that asks to wait runs on a worker thread.
+    may_wait: bool
 
 
-class LaneAbort(Exception):
-    """A call that ends with a status other than OK."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class _LaneContext:
-    """What the servicer needs of a gRPC context, for a lane call (no deadline)."""
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise LaneAbort(code, details)
-
-    def time_remaining(self) -> None:
-        return None
-
-    def set_trailing_metadata(self, metadata: object) -> None:
-        """The lane has no trailers: a lane subscriber resumes after the last event it
-        received, and asks Info for the oldest sequence retained."""
-
-
-class _StreamContext(_LaneContext):
-    """A lane Subscribe's context: callbacks run when the stream ends, as gRPC runs
-    them when a call terminates (the servicer closes its subscription in one)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], object]] = []
-        self._ended = False
-
-    def add_callback(self, callback: Callable[[], object]) -> bool:
-        """Run ``callback`` when the stream ends; False (and never) if it has ended, as gRPC."""
-        with self._lock:
-            if not self._ended:
-                self._callbacks.append(callback)
-            return not self._ended
-
-    def end(self) -> None:
-        """The stream is over (the client left, or the server finished it)."""
-        with self._lock:
-            self._ended = True
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
+def _unary_calls(handlers: Handlers) -> dict[int, _Call]:
+    """Every lane method but the two the lane serves itself (Open, Subscribe), bound to
+    the handler of the RPC of its name."""
+    return {
+        method: _Call(call.rpc, call.request_type, getattr(handlers, call.rpc),
+                      "wait" in call.request_type.DESCRIPTOR.fields_by_name)
+        for method, call in LANE_CALLS.items()
+        if method not in (pb.LANE_METHOD_OPEN, pb.LANE_METHOD_SUBSCRIBE)
+    }
 
 
 @dataclass(eq=False)
@@ -136,14 +97,13 @@ class LaneServer:
     """Serves every lane connection from one thread, ``lane-loop``.
 
     One thread instead of one per connection because the calls are short and
-    Python runs one thread at a time: with a thread per connection every
-    call changed hands of the interpreter lock several times, which cost more
-    than the call (four writers of 1 KiB: ~100 µs of server CPU per put
-    against ~30 µs of Python).
+    Python runs one thread at a time: with a thread per connection every call
+    changed hands of the interpreter lock several times, which cost more than
+    the call itself.
 
     Calls that may wait run on a pool of threads: a Get or BatchGet that asks
-    to wait. A ``sync`` Put, Replace, Delete, Seal or BatchPut is made at once
-    and answered when its commit is on disk: the loop appends what each round
+    to wait. A ``sync`` write is made at once and answered when its commit is
+    on disk (the handler's Pending ticket): the loop appends what each round
     of frames stored to the write-ahead log itself, then answers (as Redis
     does), unless the committer's thread is writing, which then answers them.
     An answer the client's socket cannot take now (it is not reading) is
@@ -155,17 +115,17 @@ class LaneServer:
     def __init__(
         self,
         path: str,
-        store: Store,
-        servicer: StoreServicer,
-        record: Callable[[str, grpc.StatusCode, float], None] | None = None,
+        handlers: Handlers,
+        record: Callable[[str, Code, float], None] | None = None,
     ) -> None:
+        """``record(method, code, seconds)`` counts each call in the metrics."""
         self.path = path
+        store = handlers.store
         self._store = store
-        self._servicer = servicer
+        self._handlers = handlers
+        self._calls = _unary_calls(handlers)
         self._record = record
         self._max_frame = store.config.max_message_size
-        self._token = store.config.token
-        self._sync = store.config.durability == "sync"
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self._resumed: collections.deque[_Connection] = collections.deque()
@@ -375,10 +335,10 @@ class LaneServer:
         if len(inbox) < HEADER.size:
             return None
         length, method = HEADER.unpack_from(inbox)
-        limit = self._max_frame if connection.session_id is not None else _MAX_OPEN_FRAME
+        limit = self._max_frame if connection.session_id is not None else MAX_OPEN_FRAME
         if not 1 <= length <= limit:
-            self._refuse(connection, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"frame of {length} bytes is outside 1..{limit}")
+            self._refuse(connection, StoreError(
+                Code.RESOURCE_EXHAUSTED, f"frame of {length} bytes is outside 1..{limit}"))
             return None
         end = HEADER.size - 1 + length
         if len(inbox) < end:
@@ -390,33 +350,21 @@ class LaneServer:
 
     def _open(self, connection: _Connection, method: int, body: bytes) -> None:
         """Check the opening frame and start the session; refused, answer and hang up."""
-        if method != pb.LANE_METHOD_OPEN:
-            self._refuse(connection, grpc.StatusCode.INVALID_ARGUMENT,
-                         "a lane connection must begin with LANE_METHOD_OPEN")
-            return
         try:
-            request = pb.LaneOpenRequest.FromString(body)
-        except DecodeError as exc:
-            self._refuse(connection, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"malformed LaneOpenRequest: {exc}")
-            return
-        if self._token and not token_matches(self._token, request.token):
-            message = "wrong token" if request.token else "this store requires a token"
-            self._refuse(connection, grpc.StatusCode.UNAUTHENTICATED, message)
-            return
-        try:
-            opened, _ = self._store.open_session()
-        except StoreError as exc:  # the store is stopping
-            self._refuse(connection, grpc_status(exc.code), exc.message)
+            if method != pb.LANE_METHOD_OPEN:
+                raise StoreError(Code.INVALID_ARGUMENT,
+                                 "a lane connection must begin with LANE_METHOD_OPEN")
+            opened = self._handlers.Open(parsed(pb.LaneOpenRequest, body))
+        except StoreError as exc:
+            self._refuse(connection, exc)
             return
         connection.session_id = opened.session_id
-        self._send(connection, grpc.StatusCode.OK, opened.SerializeToString())
+        self._send(connection, Code.OK, opened.SerializeToString())
 
-    def _refuse(self, connection: _Connection, code: grpc.StatusCode, message: str) -> None:
+    def _refuse(self, connection: _Connection, error: StoreError) -> None:
         """Say why, as far as the socket takes it now, and hang up."""
-        body = message.encode()
         with contextlib.suppress(OSError):
-            _send_some(connection.sock, memoryview(frame(code.value[0], body)))
+            _send_some(connection.sock, memoryview(frame(error.code, _error_body(error))))
         self._close(connection)
 
     def _call(self, connection: _Connection, method: int, body: bytes) -> None:
@@ -424,53 +372,44 @@ class LaneServer:
         one_way = bool(method & ONE_WAY)
         method &= ~ONE_WAY
         started = time.perf_counter()
-        entry = METHODS.get(method)
-        if entry is None:
-            self._answer(connection, "unknown", started, one_way, grpc.StatusCode.UNIMPLEMENTED,
-                         f"no lane method {method}".encode())
-            return
-        name, request_type = entry
+        call = self._calls.get(method)
+        name = call.rpc if call is not None else "unknown"
         try:
-            request = _parse(request_type, body)
-        except LaneAbort as exc:
-            self._answer(connection, name, started, one_way, exc.code, exc.message.encode())
+            if call is None:
+                raise StoreError(Code.UNIMPLEMENTED, f"no lane method {method}")
+            request: Any = checked(parse(call.request_type, body))
+            waits = (call.may_wait and request.HasField("wait")
+                     and request.wait.ToNanoseconds() > 0)
+            result = None if waits else call.handler(request, None)
+        except Exception as exc:
+            error = as_store_error(exc, name)
+            self._answer(connection, name, started, one_way, error.code, _error_body(error))
             return
-        if self._sync and method in _ANSWERED_FROM_THE_COMMIT:
-            self._change_then_answer_at_commit(connection, name, request, started, one_way)
-        elif self._may_wait(method, request):
+        if result is None:
             self._hand_off(connection)
-            self._workers.submit(self._call_elsewhere, connection, name, request, started,
+            self._workers.submit(self._call_elsewhere, connection, call, request, started,
                                  one_way)
-        else:
-            status, reply = self._dispatch(name, request)
-            self._answer(connection, name, started, one_way, status, reply)
-
-    @staticmethod
-    def _may_wait(method: int, request: Any) -> bool:
-        """Whether a call may block: a read that asks to wait."""
-        return (method in (pb.LANE_METHOD_GET, pb.LANE_METHOD_BATCH_GET)
-                and request.HasField("wait") and request.wait.ToNanoseconds() > 0)
-
-    def _dispatch(self, name: str, request: Any) -> tuple[grpc.StatusCode, bytes]:
-        try:
-            response = getattr(self._servicer, name)(request, _LaneContext())
-        except LaneAbort as exc:
-            return exc.code, exc.message.encode()
-        return grpc.StatusCode.OK, response.SerializeToString()
+            return
+        if isinstance(result, Pending):
+            if result.ticket is not None:
+                self._answer_at_commit(connection, name, result, started, one_way)
+                return
+            result = result.response
+        self._answer(connection, name, started, one_way, Code.OK, result.SerializeToString())
 
     def _answer(self, connection: _Connection, name: str, started: float, one_way: bool,
-                status: grpc.StatusCode, reply: bytes, *, may_wait: bool = False) -> None:
+                status: Code, reply: bytes, *, may_wait: bool = False) -> None:
         self._count(name, status, started)
         if not one_way:
             self._send(connection, status, reply, may_wait=may_wait)
 
-    def _send(self, connection: _Connection, status: grpc.StatusCode, body: bytes, *,
+    def _send(self, connection: _Connection, status: Code, body: bytes, *,
               may_wait: bool = False) -> None:
         """Send a frame on a connection's non-blocking socket. What does not fit now (the
         client is not reading) is handed to a worker thread: neither the loop nor the
         committer's thread ever waits for a client. A worker (``may_wait``) waits for
         room itself (TimeoutError after _SEND_TIMEOUT)."""
-        whole = memoryview(frame(status.value[0], body))
+        whole = memoryview(frame(status, body))
         sent = _send_some(connection.sock, whole)
         if sent == len(whole):
             return
@@ -488,46 +427,44 @@ class LaneServer:
         finally:
             self._done_elsewhere(connection)
 
-    def _call_elsewhere(self, connection: _Connection, name: str, request: Any,
+    def _call_elsewhere(self, connection: _Connection, call: _Call, request: Any,
                         started: float, one_way: bool) -> None:
         """A worker thread's part: run a call that may wait, answer it, hand back."""
         try:
-            status, reply = self._dispatch(name, request)
-            self._answer_or_give_up(connection, name, started, one_way, status, reply,
+            try:
+                response = self._handlers.settle(call.handler(request, None))
+                status, reply = Code.OK, response.SerializeToString()
+            except Exception as exc:
+                error = as_store_error(exc, call.rpc)
+                status, reply = error.code, _error_body(error)
+            self._answer_or_give_up(connection, call.rpc, started, one_way, status, reply,
                                     may_wait=True)
         finally:
             self._done_elsewhere(connection)
 
-    def _change_then_answer_at_commit(self, connection: _Connection, name: str,
-                                      request: Any, started: float, one_way: bool) -> None:
-        """A ``sync`` Put, Replace, Delete or Seal: made now, answered once its commit is on
-        disk (or failed), by whichever thread wrote it, so that no thread waits for it."""
-        try:
-            response, ticket = self._servicer.before_commit(request, _LaneContext())
-        except LaneAbort as exc:
-            self._answer(connection, name, started, one_way, exc.code, exc.message.encode())
-            return
-        if ticket is None:
-            self._answer(connection, name, started, one_way, grpc.StatusCode.OK,
-                         response.SerializeToString())
-            return
+    def _answer_at_commit(self, connection: _Connection, name: str, pending: Pending,
+                          started: float, one_way: bool) -> None:
+        """A ``sync`` write, made already: answered once its commit is on disk (or failed),
+        by whichever thread settles it, so that no thread waits for it."""
+        assert pending.ticket is not None
+        response = pending.response
         self._hand_off(connection)
 
         def committed(error: StoreError | None) -> None:
             try:
                 if error is None:  # serialized now: a BatchPut's is complete only now
                     self._answer_or_give_up(connection, name, started, one_way,
-                                            grpc.StatusCode.OK, response.SerializeToString())
+                                            Code.OK, response.SerializeToString())
                 else:
                     self._answer_or_give_up(connection, name, started, one_way,
-                                            grpc_status(error.code), error.message.encode())
+                                            error.code, _error_body(error))
             finally:
                 self._done_elsewhere(connection)
 
-        ticket.when_done(committed)
+        pending.ticket.when_done(committed)
 
     def _answer_or_give_up(self, connection: _Connection, name: str, started: float,
-                           one_way: bool, status: grpc.StatusCode, reply: bytes, *,
+                           one_way: bool, status: Code, reply: bytes, *,
                            may_wait: bool = False) -> None:
         """Answer from a call that went elsewhere; a client that cannot be answered (it
         left, or read nothing for _SEND_TIMEOUT) is hung up on once the call is done."""
@@ -567,7 +504,7 @@ class LaneServer:
         if threading.current_thread() is not self._thread:
             self._wake()
 
-    def _count(self, name: str, status: grpc.StatusCode, started: float) -> None:
+    def _count(self, name: str, status: Code, started: float) -> None:
         """Record a call in the metrics, with the gRPC ones."""
         if self._record is not None:
             self._record(name, status, time.perf_counter() - started)
@@ -590,49 +527,37 @@ class LaneServer:
 
     def _subscribe(self, sock: socket.socket, body: bytes) -> None:
         """Serve LANE_METHOD_SUBSCRIBE: its events, then its closing status, as frames."""
-        context = _StreamContext()
-        watcher = threading.Thread(
-            target=_watch, args=(sock, context), name="lane-watch", daemon=True
-        )
-        watcher.start()
         started = time.perf_counter()
+        watcher = None
         try:
-            status, message = self._stream(sock, body, context)
-            _send_on(sock, status, message)
-        except OSError:
-            status = grpc.StatusCode.CANCELLED  # the client went away
+            try:
+                events = self._handlers.Subscribe(parsed(pb.SubscribeRequest, body))
+            except Exception as exc:
+                status = _end_stream(sock, as_store_error(exc, "Subscribe"))
+            else:
+                # Started once there is a subscription to end: a client that hung up
+                # before is seen at once, as its socket is at its end already.
+                watcher = threading.Thread(
+                    target=_watch, args=(sock, events), name="lane-watch", daemon=True
+                )
+                watcher.start()
+                try:
+                    status = _stream(sock, events)
+                finally:
+                    events.close()
         finally:
-            context.end()
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the watcher
-            watcher.join()
+            if watcher is not None:
+                watcher.join()
             sock.close()
         self._count("Subscribe", status, started)
 
-    def _stream(
-        self, sock: socket.socket, body: bytes, context: _StreamContext
-    ) -> tuple[grpc.StatusCode, bytes]:
-        """Send each event of the subscription; return the status and message that end it."""
-        try:
-            request = _parse(pb.SubscribeRequest, body)
-            with contextlib.closing(self._servicer.Subscribe(request, context)) as responses:
-                for response in responses:
-                    _send_on(sock, grpc.StatusCode.OK, response.SerializeToString())
-        except LaneAbort as exc:
-            return exc.code, exc.message.encode()
-        # Only the watcher ends a subscription without an error: the client left or spoke.
-        return grpc.StatusCode.CANCELLED, b"the client ended the subscription"
 
-
-# Lane methods answered at their commit in sync mode (StoreServicer.before_commit).
-_ANSWERED_FROM_THE_COMMIT = frozenset(
-    (pb.LANE_METHOD_PUT, pb.LANE_METHOD_REPLACE, pb.LANE_METHOD_DELETE, pb.LANE_METHOD_SEAL,
-     pb.LANE_METHOD_BATCH_PUT)
-)
 _RECEIVE_SIZE = 256 << 10
 # In sync mode, how many more times the loop looks for frames before it appends a
-# round to the log (four writers of 1 KiB: ~5,000 puts/s without, ~6,000 with 3;
-# looking longer delays the append more than it fills it).
+# round to the log: a few more fill the append; looking longer delays it more than
+# it fills it.
 _LOOKS_BEFORE_LOGGING = 3
 # A client that reads none of an answer for this long is dropped. Only a thread
 # other than the loop waits that long (the loop hands the rest of an answer on).
@@ -660,8 +585,8 @@ def _send_rest(sock: socket.socket, rest: memoryview) -> None:
         rest = rest[_send_some(sock, rest):]
 
 
-def _send_on(sock: socket.socket, status: grpc.StatusCode, body: bytes) -> None:
-    header = HEADER.pack(len(body) + 1, status.value[0])
+def _send_on(sock: socket.socket, status: Code, body: bytes) -> None:
+    header = HEADER.pack(len(body) + 1, status)
     if len(body) < _SMALL:
         sock.sendall(header + body)  # one system call
     else:
@@ -672,17 +597,37 @@ def _send_on(sock: socket.socket, status: grpc.StatusCode, body: bytes) -> None:
 _SMALL = 64 << 10
 
 
-def _parse(request_type: type[Message], body: bytes) -> Any:
-    """The request in ``body``; INVALID_ARGUMENT (LaneAbort) if it does not parse."""
+def _error_body(error: StoreError) -> bytes:
+    """A failed answer's body: the message and the trailer values, as on gRPC."""
+    return lane_error(error.message, error.trailers)
+
+
+def _stream(sock: socket.socket, events: EventStream) -> Code:
+    """Send each event of a lane subscription, then the status that ends it; return that
+    status (CANCELLED if the client went away)."""
     try:
-        return request_type.FromString(body)
-    except DecodeError as exc:
-        message = f"malformed {request_type.__name__}: {exc}"
-        raise LaneAbort(grpc.StatusCode.INVALID_ARGUMENT, message) from None
+        for response in events:
+            _send_on(sock, Code.OK, response.SerializeToString())
+    except OSError:
+        return Code.CANCELLED
+    except Exception as exc:
+        return _end_stream(sock, as_store_error(exc, "Subscribe"))
+    # Only the watcher ends a subscription without an error: the client left or spoke.
+    return _end_stream(sock, StoreError(Code.CANCELLED, "the client ended the subscription"))
 
 
-def _watch(connection: socket.socket, context: _StreamContext) -> None:
+def _end_stream(sock: socket.socket, error: StoreError) -> Code:
+    """Send the frame that ends a lane subscription; its status (CANCELLED if the client
+    went away first)."""
+    try:
+        _send_on(sock, error.code, _error_body(error))
+    except OSError:
+        return Code.CANCELLED
+    return error.code
+
+
+def _watch(connection: socket.socket, events: EventStream) -> None:
     """End a lane subscription when its client hangs up (or sends anything: it may not)."""
     with contextlib.suppress(OSError):
         connection.recv(1)
-    context.end()
+    events.close()

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# Seconds to wait for SERVING: start-up includes recovering the LMDB data and replaying the log.
 START_TIMEOUT = 30.0
 
 
@@ -33,6 +34,7 @@ class StoreProcess:
 
     @property
     def pid(self) -> int:
+        """The server's process ID, to signal it directly (e.g. SIGKILL in a crash test)."""
         return self.process.pid
 
     def stop(self, timeout: float = 30.0) -> int:

@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
 import crc32c
@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from improv_store.protocol import Code
 from improv_store.v1 import store_pb2 as pb
 
+from .backend import Change, removed_later
 from .errors import StoreError, exhausted, history_gone
 
 log = logging.getLogger(__name__)
@@ -48,35 +49,6 @@ _DISK_FULL_MARGIN = 1 << 20
 _RESIZE_ATTEMPTS = 100
 
 T = TypeVar("T")
-
-
-@dataclass
-class Change:
-    """One mutation as it goes to disk: the event plus what it stores and removes."""
-
-    event: pb.Event
-    stored: tuple[pb.ObjectMeta, bytes | memoryview] | None = None
-    removed: Sequence[bytes] = field(default_factory=tuple)
-
-    @property
-    def payload_bytes(self) -> int:
-        return len(self.stored[1]) if self.stored else 0
-
-
-def removed_later(changes: Sequence[Change]) -> set[int]:
-    """Indexes of the puts in ``changes`` whose object a later change removes.
-
-    Their payloads are never written, and their memory may already hold
-    another object's: the store frees it when the removal joins the put's batch.
-    """
-    removed_at = {
-        object_id: index for index, change in enumerate(changes) for object_id in change.removed
-    }
-    return {
-        index
-        for index, change in enumerate(changes)
-        if change.stored is not None and removed_at.get(change.stored[0].id, -1) > index
-    }
 
 
 @dataclass
@@ -130,7 +102,10 @@ class _ResizeLock:
 
 
 class LmdbBackend:
-    """The on-disk half of the store. Thread-safe; one writer thread calls ``write``."""
+    """The on-disk half of the store, and the committers' Backend (backend.py).
+
+    Thread-safe; one committer's thread calls ``write``.
+    """
 
     def __init__(self, path: str, *, initial_map_size: int, event_retention: int) -> None:
         os.makedirs(path, exist_ok=True)
@@ -171,11 +146,11 @@ class LmdbBackend:
     # -- writing ------------------------------------------------------------------
 
     def write(self, changes: Sequence[Change], *, applied_log: int | None = None) -> None:
-        """Apply changes in one transaction and fsync it; grow the map when it is full.
+        """Apply changes in one transaction and fsync it (Backend.write); grow the map
+        instead of failing when it is full.
 
-        ``applied_log`` records that these changes include every one the
-        write-ahead log holds of that generation. A full disk is
-        RESOURCE_EXHAUSTED; the transaction is then undone whole.
+        A full disk (ENOSPC, or the EIO of a short write) is RESOURCE_EXHAUSTED;
+        the transaction is then undone whole.
         """
         needed = sum(change.payload_bytes for change in changes)
         self._grow_if_short(needed)
@@ -195,9 +170,7 @@ class LmdbBackend:
     def _raise_if_disk_full(self, exc: lmdb.Error, needed: int) -> None:
         """RESOURCE_EXHAUSTED if ``exc`` came from the disk being full."""
         if _is_disk_full(exc, self.path, needed):
-            raise exhausted(
-                f"disk full under {self.path} ({exc}); free space or delete objects"
-            ) from exc
+            raise disk_full(self.path, exc) from exc
 
     def _write_once(self, changes: Sequence[Change], applied_log: int | None) -> None:
         skipped = removed_later(changes)
@@ -282,7 +255,7 @@ class LmdbBackend:
         """
         position = first
         while position <= last:
-            events = []
+            events: list[pb.Event] = []
             with self._resize.shared(), self._env.begin(db=self._events) as txn:
                 trimmed = _read_u64(txn.get(_TRIMMED_THROUGH, db=self._state))
                 if position <= trimmed:
@@ -375,7 +348,9 @@ class DataDirectoryReader:
             if checked.problem is not None:
                 yield checked
 
-    def _check_object(self, txn: lmdb.Transaction, object_id: bytes, value: bytes) -> Checked:
+    def _check_object(
+        self, txn: lmdb.Transaction, object_id: bytes, value: bytes | memoryview
+    ) -> Checked:
         try:
             meta = pb.ObjectMeta.FromString(bytes(value))
         except DecodeError as exc:
@@ -384,21 +359,23 @@ class DataDirectoryReader:
         problem = "its payload is missing" if payload is None else payload_problem(meta, payload)
         return Checked(object_id, meta.name, meta.size, problem)
 
-    def _check_orphan(self, txn: lmdb.Transaction, object_id: bytes, value: bytes) -> Checked:
+    def _check_orphan(
+        self, txn: lmdb.Transaction, object_id: bytes, value: bytes | memoryview
+    ) -> Checked:
         if txn.get(object_id, db=self._objects) is not None:
             return Checked(object_id, "", len(value), None)
         return Checked(object_id, "", len(value), "a payload without metadata")
 
     def _scan(
         self,
-        db: object,
-        check: Callable[[lmdb.Transaction, bytes, bytes], Checked],
+        db: lmdb._Database,
+        check: Callable[[lmdb.Transaction, bytes, bytes | memoryview], Checked],
         batch: int,
     ) -> Iterator[Checked]:
         """``check`` applied to every entry of ``db``, ``batch`` entries per transaction."""
         after: bytes | None = None
         while True:
-            results = []
+            results: list[Checked] = []
             with self._reading() as txn:
                 cursor = txn.cursor(db=db)
                 found = cursor.set_range(after) if after is not None else cursor.first()
@@ -440,6 +417,11 @@ def payload_problem(meta: pb.ObjectMeta, payload: bytes | memoryview) -> str | N
     return None
 
 
+def disk_full(path: str, cause: Exception) -> StoreError:
+    """RESOURCE_EXHAUSTED for a write the disk under ``path`` had no room for."""
+    return exhausted(f"disk full under {path} ({cause}); free space or delete objects")
+
+
 def corrupted(meta: pb.ObjectMeta, problem: str) -> StoreError:
     """DATA_LOSS naming the object (ID and name) whose stored payload is damaged."""
     return StoreError(
@@ -448,7 +430,7 @@ def corrupted(meta: pb.ObjectMeta, problem: str) -> StoreError:
     )
 
 
-def _read_u64(value: bytes | None) -> int:
+def _read_u64(value: bytes | memoryview | None) -> int:
     return _U64.unpack(value)[0] if value else 0
 
 

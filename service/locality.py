@@ -16,7 +16,9 @@ import hashlib
 import logging
 import os
 
-from .arena import SHM_DIR, remove_stale_segments, shm_free_bytes
+from improv_store.protocol import SHM_DIR
+
+from .arena import remove_stale_segments, shm_free_bytes
 
 log = logging.getLogger(__name__)
 

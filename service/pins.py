@@ -21,10 +21,9 @@ import mmap
 import os
 import threading
 
-from .arena import SHM_DIR
+from improv_store.layouts import NO_ID, PIN_SLOT_SIZE
+from improv_store.protocol import ID_LENGTH, SHM_DIR
 
-PIN_SLOT_SIZE = 32
-ID_SIZE = 20
 PIN_SLOTS = 1024
 
 
@@ -84,7 +83,6 @@ class PinTables:
             pinned |= _pinned_in(table)
         return pinned
 
-
     def _fence(self) -> None:
         """A full memory barrier: a lock's locked instruction, on x86-64."""
         with self._barrier:
@@ -93,10 +91,8 @@ class PinTables:
 
 def _pinned_in(table: mmap.mmap) -> set[bytes]:
     raw = table[:]
-    return {raw[at : at + ID_SIZE] for at in range(0, len(raw), PIN_SLOT_SIZE)} - {_NO_ID}
+    return {raw[at : at + ID_LENGTH] for at in range(0, len(raw), PIN_SLOT_SIZE)} - {NO_ID}
 
-
-_NO_ID = bytes(ID_SIZE)
 
 
 def _remove(name: str, table: mmap.mmap) -> None:

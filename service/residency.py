@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 from .arena import Arena, ArenaFull, Region
 from .errors import exhausted
@@ -77,10 +78,12 @@ class ResidentSet:
             return False
         for object_id, obj in self._lru.items():
             if obj.pins == 0 and not obj.committing:
+                region = obj.region
+                assert region is not None  # the LRU holds resident objects only
                 del self._lru[object_id]
                 if self.index is not None:
                     self.index.withdraw(object_id)
-                self._free_withdrawn(object_id, obj.region)
+                self._free_withdrawn(object_id, region)
                 obj.region = None
                 self.evictions += 1
                 log.info(
@@ -144,6 +147,7 @@ class ResidentSet:
         if not self._pinned_by_readers:
             return
         assert self.pins is not None
+        holds: Callable[[bytes], bool]
         if len(self._pinned_by_readers) <= _RECLAIM_EACH_ALLOCATION:
             holds = self.pins.holds
         else:

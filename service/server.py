@@ -18,13 +18,14 @@ from grpc_reflection.v1alpha import reflection
 
 from improv_store import __version__
 from improv_store.client.tuning import keep_freed_memory
-from improv_store.v1 import store_pb2, store_pb2_grpc
+from improv_store.protocol import SERVICE_NAME
 
 from .access import TokenInterceptor, server_credentials
 from .config import ServerConfig
+from .handlers import Handlers
 from .lane import LaneServer
 from .metrics import StoreMetrics
-from .servicer import StoreServicer, method_handlers
+from .servicer import add_to_server
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 _STOP_SLACK = 5.0  # seconds to wait for gRPC's own shutdown after the grace period
 _SIGNAL_POLL = 0.2  # seconds between the main thread's checks for a stop signal
 _SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits
-
-SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
 
 
 class StoreServer:
@@ -64,10 +63,8 @@ class StoreServer:
         lane_path = ""
         if config.socket and config.lane:
             lane_path = os.path.abspath(config.socket) + ".lane"
-        servicer = StoreServicer(self.store, stats=self.metrics.stats, lane_socket=lane_path)
-        store_pb2_grpc.add_StoreServiceServicer_to_server(servicer, self._grpc)
-        # Registered after the generated handlers, so these replace theirs.
-        self._grpc.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
+        handlers = Handlers(self.store, stats=self.metrics.stats, lane_socket=lane_path)
+        add_to_server(handlers, self._grpc)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
@@ -83,7 +80,7 @@ class StoreServer:
             if config.listen:
                 self._bind_tcp(config)
             if lane_path:
-                self.lane = LaneServer(lane_path, self.store, servicer, self.metrics.record)
+                self.lane = LaneServer(lane_path, handlers, self.metrics.record)
                 self.addresses.append(f"lane:{lane_path}")
         except Exception:
             self.store.close()
@@ -181,8 +178,7 @@ def hand_over_the_gil_sooner() -> None:
 
     A lane call is a few tens of microseconds of Python; when the committer
     (serializing a batch for LMDB) or a gRPC stream holds the GIL, the call
-    waited up to a whole switch interval. Measured on a 1 MiB handoff between
-    two processes: p99 1.5-1.6 ms with 5 ms, 1.1-1.2 ms with 0.5 ms.
+    would wait up to a whole switch interval, which sets the tail latency.
     """
     sys.setswitchinterval(_SWITCH_INTERVAL)
 
@@ -192,10 +188,10 @@ def spare_the_collector_what_startup_made() -> None:
     the garbage collector's full collections.
 
     They live as long as the server, and a full collection walks every tracked
-    object while holding the GIL: with 100,000 recovered objects it took
-    0.54 s, during which no call is answered. Frozen objects are still freed
-    by reference counting when they go; only a reference cycle among them
-    would outlive its use, and the store's records form none.
+    object while holding the GIL, during which no call is answered. Frozen
+    objects are still freed by reference counting when they go; only a
+    reference cycle among them would outlive its use, and the store's records
+    form none.
     """
     gc.freeze()
 
@@ -204,15 +200,13 @@ def keep_full_collections_short() -> None:
     """After each full garbage collection, take what survived out of the later ones.
 
     Stored objects live long, and a full collection walks every tracked
-    object while holding the GIL: while 150,000 small objects were put, full
-    collections grew to 200 ms each (1.35 s of the run). Frozen after the
-    collection that found them alive, the next one walks only what came
-    since: 9-20 ms each (0.16 s), and the puts ran 11 % faster. What is
-    frozen is still freed by reference counting; only a reference cycle that
-    outlived a full collection would never be reclaimed, and the server's
-    cycles die young: after a mixed workload (puts, gets, deletes, errors,
-    subscriptions, 30 sessions on the lane and on gRPC, ``async`` and
-    ``sync``), unfreezing everything and collecting found no garbage.
+    object while holding the GIL, so full collections grow with the store.
+    Frozen after the collection that found them alive, the next one walks
+    only what came since. What is frozen is still freed by reference
+    counting; only a reference cycle that outlived a full collection would
+    never be reclaimed, and the server's cycles die young (after a mixed
+    workload on both transports and every durability, unfreezing everything
+    and collecting finds no garbage).
     """
 
     def freeze_survivors(phase: str, info: dict[str, int]) -> None:

@@ -9,8 +9,8 @@ checksumming them, reading them back from disk and waiting for fsync (in
 Payloads live in the shared-memory arena. Inline writes are copied in,
 streamed writes land chunk by chunk, and colocated writers fill a created
 region themselves; readers either copy out (inline) or take a lease on the
-region (shared memory). Independent of transport: the gRPC servicer is a thin
-layer over it.
+region (shared memory). Independent of transport: the handlers both
+transports call are a thin layer over it.
 """
 
 from __future__ import annotations
@@ -30,18 +30,21 @@ import crc32c
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from improv_store import __version__
-from improv_store.protocol import Code
+from improv_store.protocol import ID_LENGTH, Code
 from improv_store.v1 import store_pb2 as pb
 
 from . import validation, wal
 from .arena import Arena, Region
-from .committer import Committer, Ticket
+from .backend import Change
+from .commit_async import AsyncCommitter
+from .commit_sync import SyncCommitter
+from .committer import CommitHooks, Committer, Ticket
 from .config import ServerConfig
 from .errors import StoreError, exhausted, invalid, not_found, unavailable
 from .eventlog import EventLog
 from .index import ObjectIndex
 from .index import supported as index_supported
-from .lmdb_backend import Change, LmdbBackend
+from .lmdb_backend import LmdbBackend
 from .locality import ShmNamespace, arena_capacity
 from .objects import ObjectTable, StoredObject
 from .pins import PinTables
@@ -83,7 +86,8 @@ class Store:
     def __init__(
         self, config: ServerConfig, observe_commit: Callable[[int, float], None] | None = None
     ) -> None:
-        """``observe_commit(changes, seconds)`` is told about every LMDB commit."""
+        """``observe_commit(changes, seconds)`` is told about every group commit that makes
+        changes durable (CommitHooks.observe)."""
         self.config = config
         self.start_time = time.time()
         self._lock = threading.Lock()
@@ -121,17 +125,19 @@ class Store:
         self._events = EventLog(self._backend, config.event_retention, trimmed_through)
         self._events.committed(self._last_sequence)
         if self._backend is not None:
-            self._committer = Committer(
-                self._backend,
-                group_commit=config.durability == "sync",
-                interval=(config.log_apply_interval if config.durability == "sync"
-                          else config.commit_interval),
-                on_commit=self._committed,
-                on_failure=self._commit_failed,
-                observe=observe_commit,
-                wal=self._wal,
-                durable_sequence=self._last_sequence,
-            )
+            self._committer = self._start_committer(observe_commit)
+
+    def _start_committer(self, observe: Callable[[int, float], None] | None) -> Committer:
+        """The committer of the durability mode, writing to LMDB (and the log, if any)."""
+        assert self._backend is not None
+        hooks = CommitHooks(on_commit=self._committed, on_failure=self._commit_failed,
+                            observe=observe)
+        if self.config.durability == "sync":
+            return SyncCommitter(self._backend, wal=self._wal,
+                                 apply_interval=self.config.log_apply_interval, hooks=hooks,
+                                 durable_sequence=self._last_sequence)
+        return AsyncCommitter(self._backend, interval=self.config.commit_interval, hooks=hooks,
+                              durable_sequence=self._last_sequence)
 
     def _recover(self) -> int:
         """Open LMDB and rebuild the table from it; return how far history was trimmed.
@@ -245,7 +251,7 @@ class Store:
     @contextlib.contextmanager
     def logging_in_this_thread(self) -> Iterator[bool]:
         """Let the calling thread append the changes it makes to the write-ahead log itself
-        (Committer.logging_in_this_thread); yields False if there is no log."""
+        (SyncCommitter.logging_in_this_thread); yields False if there is no log."""
         if self._committer is None:
             yield False
             return
@@ -311,7 +317,7 @@ class Store:
                 f"payload CRC32C is {checksum:#010x}, the request says {spec.crc32c:#010x}",
             )
         meta = pb.ObjectMeta(
-            id=spec.id or self._new_ids.randbytes(validation.ID_LENGTH),
+            id=spec.id or self._new_ids.randbytes(ID_LENGTH),
             name=spec.name,
             size=region.length,
             encoding=spec.encoding or pb.ENCODING_RAW,
@@ -603,22 +609,23 @@ class Store:
     @contextlib.contextmanager
     def read(self, obj: StoredObject) -> Iterator[memoryview]:
         """The payload, pinned in memory while the caller copies it out."""
-        self._pin_resident(obj)
+        region = self._pin_resident(obj)
         try:
-            yield obj.region.view()
+            yield region.view()
         finally:
             with self._lock:
                 self._resident.unpin(obj)
 
-    def _pin_resident(self, obj: StoredObject) -> None:
-        """Pin the object with its payload in memory, loading it from disk if evicted."""
+    def _pin_resident(self, obj: StoredObject) -> Region:
+        """Pin the object with its payload in memory, loading it from disk if evicted;
+        return where the payload is."""
         with self._lock:
             if obj.deleted:
                 raise not_found(f"object {obj.meta.id.hex()} was deleted")
-            if obj.region is not None:
+            if (resident := obj.region) is not None:
                 self._resident.pin(obj)
                 self._resident.touch(obj)
-                return
+                return resident
         region = self._allocate(obj.meta.size)
         try:
             backend = self._backend
@@ -635,6 +642,8 @@ class Store:
                 if obj.deleted:
                     raise not_found(f"object {obj.meta.id.hex()} was deleted")
             self._resident.pin(obj)
+            assert obj.region is not None  # resident and pinned: not evicted before unpinned
+            return obj.region
 
     # -- reads ----------------------------------------------------------------------
 

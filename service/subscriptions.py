@@ -69,7 +69,7 @@ class Subscriber:
                     self._events.clear()
                 elif self._store_closing:
                     raise unavailable()
-                elif self._closed:
+                elif self._closed or self._resume_from is None:
                     return
                 else:
                     raise overflowed(self._resume_from)

@@ -8,11 +8,11 @@ import re
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
+from improv_store.protocol import ID_LENGTH
 from improv_store.v1 import store_pb2 as pb
 
 from .errors import exhausted, invalid
 
-ID_LENGTH = 20
 MAX_NDIM = 32
 MAX_LABELS = 64
 MAX_LABEL_BYTES = 1024

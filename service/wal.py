@@ -1,12 +1,12 @@
 """The write-ahead log of ``sync`` mode: one fsync per group commit instead of LMDB's two.
 
 A durable LMDB commit writes the pages of every tree it touched, fsyncs,
-writes a meta page and fsyncs again: about 0.5 ms for a handful of small
-objects here. Appending the same changes to a file whose blocks already
-exist, and one ``fdatasync``, costs about 0.1 ms. So in ``sync`` mode a
-group of small changes is durable once it is in this log; the committer
-applies the log to LMDB (one ordinary durable commit) every log apply
-interval, or sooner when it fills, and then starts the log again.
+writes a meta page and fsyncs again. Appending the same changes to a file
+whose blocks already exist takes one data flush, several times cheaper. So
+in ``sync`` mode a group of small changes is durable once it is in this
+log; the committer (commit_sync.py) applies the log to LMDB (one ordinary
+durable commit) every log apply interval, or sooner when it fills, and then
+starts the log again.
 
 The log is one preallocated file in two halves. Generation ``g`` is written
 from the start of half ``g % 2``; when the committer applies it to LMDB,
@@ -31,7 +31,7 @@ import crc32c
 
 from improv_store.v1 import store_pb2 as pb
 
-from .lmdb_backend import Change, removed_later
+from .backend import Change, removed_later
 
 WAL_FILE = "wal"
 
@@ -43,12 +43,13 @@ _ZEROS = bytes(1 << 20)
 
 def encode(changes: Sequence[Change]) -> bytes:
     """The body of one record; a put removed later in it keeps no payload (see
-    durability.removed_later)."""
+    backend.removed_later)."""
     skipped = removed_later(changes)
     parts: list[bytes | memoryview] = []
     for index, change in enumerate(changes):
         event = change.event.SerializeToString()
-        meta, payload = b"", b""
+        meta = b""
+        payload: bytes | memoryview = b""
         if change.stored is not None:
             meta = change.stored[0].SerializeToString()
             payload = b"" if index in skipped else change.stored[1]
@@ -66,11 +67,11 @@ def decode(body: bytes) -> Iterator[Change]:
     while at < len(view):
         event_length, meta_length, payload_length, removed_count = _CHANGE.unpack_from(view, at)
         at += _CHANGE.size
-        event = pb.Event.FromString(view[at:at + event_length])
+        event = pb.Event.FromString(bytes(view[at:at + event_length]))
         at += event_length
         stored = None
         if meta_length:
-            meta = pb.ObjectMeta.FromString(view[at:at + meta_length])
+            meta = pb.ObjectMeta.FromString(bytes(view[at:at + meta_length]))
             at += meta_length
             stored = (meta, bytes(view[at:at + payload_length]))
             at += payload_length
@@ -141,7 +142,7 @@ def _preallocate(path: str, size: int) -> None:
 class WriteAheadLog:
     """The log file, open for appending the changes of ``generation`` to its half.
 
-    Used by one thread at a time (the committer's ``_writing`` lock).
+    Used by one thread at a time (the holder of the sync committer's ``_writing`` lock).
     """
 
     def __init__(self, path: str, size: int, generation: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, free_port, wait_serving
 
 from improv_store.client import ObjectID, ObjectNotFound, StoreClient
 
@@ -350,6 +351,50 @@ def test_serve_help_lists_flags_and_variables() -> None:
                  "max-name-length", "max-batch-size", "max-streams"):
         assert f"--{flag}" in text
         assert f"IMPROV_STORE_{flag.upper().replace('-', '_')}" in text
+
+
+def test_help_lists_the_server_commands_too() -> None:
+    """``improv-store --help`` lists serve and verify beside the client commands."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    listed = {line.split()[0] for line in result.stdout.decode().splitlines() if line[:4] == "    "}
+    assert {"serve", "verify", "put", "get", "ls", "rm", "watch", "info", "health"} <= listed
+
+
+def test_serve_becomes_the_server_process(tmp_path: Path) -> None:
+    """``improv-store serve`` replaces itself with the server: the PID a supervisor started
+    is the server's, so its SIGTERM stops the server cleanly (exit 0, socket removed)."""
+    socket_path = str(tmp_path / "s.sock")
+    log_path = tmp_path / "serve.log"
+    command = [CLI, "serve", "--socket", socket_path, "--listen", f"127.0.0.1:{free_port()}",
+               "--data-dir", str(tmp_path / "data")]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_serving("unix://" + socket_path, process, log_path)
+        with open(f"/proc/{process.pid}/cmdline", "rb") as handle:
+            assert b"improv_store.service\0serve\0" in handle.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log_path.read_text()
+    assert not os.path.exists(socket_path)
+
+
+def test_the_client_command_never_imports_the_server() -> None:
+    """The people's tool imports only the client and the contract, never the server."""
+    code = (
+        "import sys; import improv_store.client.cli;"
+        " print([name for name in sys.modules if name.startswith('improv_store.service')])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert result.stdout.decode().strip() == "[]"
+
+
+def test_a_bad_variable_stops_serve_with_a_usage_error() -> None:
+    """An IMPROV_STORE_* value is checked as its flag's would be: exit 2, naming the flag."""
+    result = run_cli("serve", env={"IMPROV_STORE_WAL_SIZE": "lots"})
+    assert result.returncode == 2
+    assert "argument --wal-size: not a size: 'lots'" in result.stderr.decode()
 
 
 @pytest.mark.parametrize("name", ["missing.bin", "missing.npy"])

@@ -29,6 +29,7 @@ from test_lane import RawLane
 from test_verify import CLEAN, verify
 
 from improv_store.client import ObjectID, StoreClient, StoreError, StoreFull
+from improv_store.client.transport import LaneTransport
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -124,7 +125,7 @@ def test_full_disk_sync(
         with pytest.raises(StoreFull):
             store.put(bytes(MiB))
         if transfer == "auto":  # a small put over the lane, answered from its failed commit
-            assert store._local is not None and store._local.lane_path
+            assert isinstance(store._route().transport, LaneTransport)
             with pytest.raises(StoreFull):
                 store.put(b"small")
 

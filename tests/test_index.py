@@ -50,7 +50,8 @@ def test_small_gets_are_served_without_a_call(server: Any) -> None:
     with server.client() as store:
         values = [b"raw bytes", np.arange(12, dtype="<i4").reshape(3, 4), {"a": [1, 2]}]
         ids = [store.put(value) for value in values]
-        assert store._local is not None and store._local.index is not None
+        colocated = store._route().colocated
+        assert colocated is not None and colocated.index is not None
         before = requests_served(store)
         for _ in range(20):
             assert store.get(ids[0]) == values[0]
@@ -167,8 +168,8 @@ def test_index_off_or_full_only_costs_calls(start_server: Any) -> None:
     with off.client() as store:
         object_id = store.put(b"no index")
         assert store.get(object_id) == b"no index"
-        assert store._local.index is None
-        assert not store._grpc_call("Info", pb.InfoRequest()).HasField("object_index")
+        assert store._route().colocated.index is None
+        assert not store._grpc.call("Info", pb.InfoRequest()).HasField("object_index")
     tiny = start_server("--index-slots", "16")
     with tiny.client() as store:
         ids = [store.put(str(n).encode()) for n in range(100)]
@@ -312,7 +313,7 @@ def test_views_beyond_the_pin_table_are_leased_instead(server: Any) -> None:
     pin and lease given back when they are garbage."""
     with server.client() as store:
         object_id = store.put(np.arange(1 << 14, dtype=np.int32))  # 64 KiB: read in place
-        slots = store._local.session.opened.pin_slots
+        slots = store._route().transport.session().opened.pin_slots
         baseline = store.info()
         views = [store.get(object_id) for _ in range(slots + 50)]
         assert all(view[-1] == (1 << 14) - 1 for view in views)

@@ -20,7 +20,8 @@ import pytest
 
 from improv_store.client import ObjectNotFound, StoreClient, Subscription
 from improv_store.client.lane import LaneSubscription
-from improv_store.protocol import ONE_WAY
+from improv_store.client.transport import LaneTransport
+from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, ONE_WAY, read_lane_error
 from improv_store.v1 import store_pb2 as pb
 
 HEADER = struct.Struct("<IB")
@@ -81,10 +82,16 @@ class RawLane:
     def events(self) -> tuple[list[pb.Event], tuple[grpc.StatusCode, str]]:
         """A subscription's events up to the frame that ends it, and that frame's status
         and message."""
+        events, status, error = self.ending()
+        return events, (status, error.message)
+
+    def ending(self) -> tuple[list[pb.Event], grpc.StatusCode, pb.LaneError]:
+        """A subscription's events up to the frame that ends it, that frame's status, and
+        its LaneError (message and trailer values)."""
         events = []
         while (frame := self.read())[0] == Code.OK:
             events.append(pb.SubscribeResponse.FromString(frame[1]).event)
-        return events, (frame[0], frame[1].decode())
+        return events, frame[0], read_lane_error(frame[1])
 
     def hung_up(self) -> bool:
         try:
@@ -98,9 +105,15 @@ def subscription_path(subscription: Subscription) -> str:
     return "lane" if isinstance(subscription._stream, LaneSubscription) else "grpc"
 
 
+def lane_in_use(store: StoreClient) -> str:
+    """The lane socket ``store`` makes its calls over, "" when it uses gRPC alone."""
+    transport = store._route().transport
+    return transport.path if isinstance(transport, LaneTransport) else ""
+
+
 def lane_path(server: Any) -> str:
     with server.client(transfer="inline") as store:
-        return store._grpc_call("Info", pb.InfoRequest()).lane_socket
+        return store._grpc.call("Info", pb.InfoRequest()).lane_socket
 
 
 def test_colocated_clients_use_the_lane(server: Any) -> None:
@@ -111,7 +124,7 @@ def test_colocated_clients_use_the_lane(server: Any) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with server.client() as store:
         object_id = store.put(np.arange(10))
-        assert store.colocated and store._local is not None and store._local.lane_path == path
+        assert store.colocated and lane_in_use(store) == path
         assert (store.get(object_id) == np.arange(10)).all()
         assert store.info().sessions == 1  # the lane connection is the session
         with store.subscribe(since=1) as subscription:
@@ -138,7 +151,9 @@ def test_raw_lane_calls_and_statuses(server: Any) -> None:
     assert status == Code.OK and pb.GetResponse.FromString(body).data == b"over the lane"
 
     missing = pb.GetRequest(ref=pb.ObjectRef(name="missing")).SerializeToString()
-    assert lane.call(pb.LANE_METHOD_GET, missing)[0] == Code.NOT_FOUND
+    status, body = lane.call(pb.LANE_METHOD_GET, missing)
+    assert status == Code.NOT_FOUND
+    assert read_lane_error(body).message == "no object named 'missing'"
     bad_id = pb.GetRequest(ref=pb.ObjectRef(id=b"short")).SerializeToString()
     assert lane.call(pb.LANE_METHOD_GET, bad_id)[0] == Code.INVALID_ARGUMENT
     assert lane.call(pb.LANE_METHOD_PUT, b"\xff\xff\xff garbage")[0] == Code.INVALID_ARGUMENT
@@ -180,7 +195,7 @@ def hold_view_and_create_then_wait(address: str, ready: Any) -> None:
     creation = store.create((1 << 20,), "uint8", name="never")
     buffer = creation.__enter__()
     buffer[:] = 1
-    ready.send((int(frame.sum()), store._local.lane_path))
+    ready.send((int(frame.sum()), lane_in_use(store)))
     time.sleep(600)
 
 
@@ -224,13 +239,13 @@ def test_lane_off_on_either_side(start_server: Any) -> None:
     assert lane_path(server) == ""
     assert not os.path.exists(server.socket_path + ".lane")
     with server.client() as store:
-        assert store.colocated and store._local.lane_path == ""
+        assert store.colocated and lane_in_use(store) == ""
         assert (store.get(store.put(np.arange(5))) == np.arange(5)).all()
         with store.subscribe() as subscription:
             assert subscription_path(subscription) == "grpc"
     other = start_server()
     with other.client(lane=False) as store:
-        assert store.colocated and store._local.lane_path == ""
+        assert store.colocated and lane_in_use(store) == ""
         assert store.get(store.put(b"x" * 100_000)) == b"x" * 100_000
         with store.subscribe() as subscription:
             assert subscription_path(subscription) == "grpc"
@@ -280,7 +295,7 @@ def test_lane_requires_the_token_and_the_opening_frame(start_server: Any, tmp_pa
     server = start_server("--token-file", str(token_file))
     with server.client(token="lane-secret") as store:
         object_id = store.put(b"behind the token")
-        path = store._local.lane_path
+        path = lane_in_use(store)
         assert store.get(object_id) == b"behind the token"
         assert store.info().sessions == 1
     for token in ("", "wrong-secret"):
@@ -342,6 +357,28 @@ def test_raw_lane_subscription_refused(server: Any, request_body: bytes, code: A
         with store.subscribe(since=store.info().last_sequence + 1) as subscription:
             object_id = store.put(b"still serving", "after")
             assert next(iter(subscription)).object.id == object_id
+
+
+def test_raw_lane_subscription_carries_trailer_values(start_server: Any) -> None:
+    """History that retention dropped: the frame that refuses the subscription says
+    OUT_OF_RANGE, and its LaneError names the oldest sequence retained, as the gRPC
+    trailer does; subscribing from there replays it."""
+    server = start_server("--event-retention", "3", durability="none")
+    with server.client(transfer="inline") as store:
+        for index in range(6):
+            store.put(b"x", f"n{index}")
+        oldest = store.info().oldest_sequence
+    assert oldest == 4
+    refused = RawLane(lane_path(server))
+    refused.subscribe(pb.SubscribeRequest(since_sequence=1))
+    events, status, error = refused.ending()
+    assert (events, status) == ([], Code.OUT_OF_RANGE), error
+    assert dict(error.trailing_metadata) == {OLDEST_SEQUENCE_TRAILER: str(oldest)}
+    assert "no longer retained" in error.message
+    assert refused.hung_up()
+    replay = RawLane(lane_path(server))
+    replay.subscribe(pb.SubscribeRequest(since_sequence=oldest))
+    assert [replay.next_event().sequence for _ in range(3)] == [4, 5, 6]
 
 
 def answered(lane: RawLane) -> bool:

@@ -34,12 +34,12 @@ from test_verify import CLEAN, CORRUPT, verify
 from improv_store.client import DataCorrupted, ObjectID, ObjectNotFound, StoreClient, StoreFull
 from improv_store.client.models import StoreInfo
 from improv_store.client.shm import SegmentMaps
+from improv_store.protocol import SHM_DIR
 from improv_store.service.locality import store_prefix
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
 SPAWN = multiprocessing.get_context("spawn")
-SHM_DIR = "/dev/shm"
 MiB = 1 << 20
 PEER_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 10.0

@@ -665,7 +665,7 @@ def assert_resumed_by_itself(
     """Read on, the stalled ``subscription`` (its ``events`` after ``first``) yields every
     object of ``ids`` once, in order, under consecutive sequences: it fell behind and
     resumed by itself."""
-    with caplog.at_level(logging.WARNING, logger="improv_store.client.store_client"):
+    with caplog.at_level(logging.WARNING, logger="improv_store.client.subscription"):
         collector = Collector(events, subscription.close)
         rest = collector.until(lambda event: event.object.id.hex() == ids[-1], 60)
         collector.close()
@@ -767,8 +767,7 @@ def test_values_subscription_renews_a_lost_session(
         observer.put(arrays[0], "v/0")
         first = collector.take(1)
         sessions = observer.info().sessions
-        assert store._local is not None and store._local.session is not None
-        store._local.session.close()  # the session holding the values' leases ends
+        store._route().transport.session().close()  # the session holding the values' leases ends
         wait_for(lambda: observer.info().sessions == sessions - 1, "the session to end")
         observer.put(arrays[1], "v/1")
         observer.put(arrays[2], "v/2")

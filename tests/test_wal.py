@@ -15,14 +15,15 @@ from test_verify import CLEAN, verify_json
 
 from improv_store.client import ObjectNotFound
 from improv_store.service import wal
-from improv_store.service.lmdb_backend import Change
+from improv_store.service.backend import Change
 from improv_store.v1 import store_pb2 as pb
 
 KEEP_LOGGED = ("--log-apply-interval", "3600")  # nothing logged reaches LMDB before the kill
 
 
 def put_change(sequence: int, payload: bytes, **labels: str) -> Change:
-    meta = pb.ObjectMeta(id=os.urandom(20), size=len(payload), sequence=sequence, labels=labels)
+    meta = pb.ObjectMeta(id=os.urandom(20), size=len(payload), sequence=sequence, labels=labels,
+                         crc32c=crc32c.crc32c(payload))
     return Change(event=pb.Event(sequence=sequence, type=pb.EVENT_TYPE_PUT, meta=meta),
                   stored=(meta, payload))
 

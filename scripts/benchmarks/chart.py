@@ -2,9 +2,10 @@
 
 scripts/bench calls ``write_chart(report, png_path)`` with the report it
 wrote as JSON; it returns False (and draws nothing) when matplotlib is not
-installed. Standalone, it redraws the chart of a saved run:
+installed. Standalone (it imports nothing else of the package), it redraws
+the chart of a saved run:
 
-    .venv/bin/python scripts/bench_chart.py bench-results/bench-<stamp>.json [out.png]
+    .venv/bin/python scripts/benchmarks/chart.py bench-results/bench-<stamp>.json [out.png]
 
 Points: every "get <size>" result of the run, one line per store, on each
 store's best path on one machine: improv-store colocated (transfer="auto":
