@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from improv_store.protocol import MAX_MESSAGE_SIZE
 from improv_store.v1 import store_pb2 as pb
 
 from . import codec
@@ -39,7 +40,6 @@ __all__ = ["Creation", "Ref", "StoreClient", "Subscription"]
 
 DEFAULT_ADDRESS = "unix:///tmp/improv-store.sock"
 _OFF = ("0", "off", "no")  # environment values that turn a default-on setting off
-MAX_MESSAGE_SIZE = 32 << 20
 # put_many packs up to _PUT_BATCH objects of at most _BATCH_ITEM_LIMIT bytes per
 # message, which keeps every BatchPut under the server's 32 MiB message limit.
 _PUT_BATCH = 256

@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from improv_store import chunks
-from improv_store.protocol import LANE_CALL_OF_RPC, SERVICE_NAME
+from improv_store.protocol import INLINE_LIMIT, LANE_CALL_OF_RPC, SERVICE_NAME
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -29,10 +29,6 @@ from . import codec
 from .errors import StoreError, from_rpc_error
 from .lane import Lane, LaneClosed, LaneSubscription
 from .session import Session
-
-# Payloads above this go through the chunk streams; it matches the server's default
-# inline limit, and each chunk is at most this size.
-INLINE_LIMIT = 4 << 20
 
 
 class LeaseSession(Protocol):

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
+from improv_store.protocol import INLINE_LIMIT, MAX_MESSAGE_SIZE
+
 from .access import is_loopback, load_token
 
 DURABILITY_MODES = ("sync", "async", "none")
@@ -208,8 +210,8 @@ class ServerConfig:
     )
 
     # Not options: message and inline sizes the clients assume too, and the stop grace period.
-    max_message_size: int = 32 * MiB
-    inline_limit: int = 4 * MiB
+    max_message_size: int = MAX_MESSAGE_SIZE
+    inline_limit: int = INLINE_LIMIT
     shm_min_size: int = 64 << 10
     shutdown_grace: float = 5.0
     # Read from token_file when the config is built; never printed.

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import crc32c
 from google.protobuf.message import Message
@@ -74,7 +74,7 @@ def checked(request: RequestT | str) -> RequestT:
 
 def parsed(message_type: type[RequestT], raw: bytes) -> RequestT:
     """``raw`` parsed as ``message_type``, or INVALID_ARGUMENT."""
-    return cast(RequestT, checked(parse(message_type, raw)))
+    return checked(parse(message_type, raw))
 
 
 def as_store_error(exc: Exception, method: str) -> StoreError:

@@ -33,6 +33,7 @@ from improv_store.client import (
     StoreFull,
     WaitTimeout,
 )
+from improv_store.protocol import INLINE_LIMIT
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 Code = grpc.StatusCode
 MiB = 1 << 20
-INLINE_LIMIT = 4 * MiB
+
 CALL_TIMEOUT = 30.0
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 32 * MiB),

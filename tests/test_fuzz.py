@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 from test_lane import HEADER, RawLane
 
 from improv_store import chunks as chunk_codec
-from improv_store.protocol import LANE_CALLS, ONE_WAY, read_lane_error
+from improv_store.protocol import INLINE_LIMIT, LANE_CALLS, ONE_WAY, read_lane_error
 from improv_store.service.arena import SHM_DIR
 from improv_store.service.locality import LOCK_SUFFIX, TOKEN_SUFFIX, store_prefix
 from improv_store.v1 import store_pb2 as pb
@@ -60,7 +60,7 @@ WAIT_BOUND = 0.5
 SUBSCRIBE_BOUND = 0.2
 SETTLE_TIMEOUT = 30.0
 SERVER_FLAGS = ("--memory", "256M", "--max-object-size", "16M", "--event-retention", "200")
-INLINE_LIMIT = 4 * MiB
+
 SERVICE = pb.DESCRIPTOR.services_by_name["StoreService"]
 METHODS = {method.name: method for method in SERVICE.methods}
 

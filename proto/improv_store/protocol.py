@@ -12,16 +12,24 @@ import enum
 import socket
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
 from improv_store.v1 import store_pb2 as pb
+
+MessageT = TypeVar("MessageT", bound=Message)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StoreService"].full_name
 # An ObjectID is 20 bytes, Plasma's size.
 ID_LENGTH = 20
 # Where POSIX shared memory segments live; a colocated client shares it with the server.
 SHM_DIR = "/dev/shm"
+
+# A payload up to this size travels in one message; larger ones go by the chunk streams.
+INLINE_LIMIT = 4 << 20
+# The largest gRPC message either end sends or accepts: an inline payload with room to spare.
+MAX_MESSAGE_SIZE = 32 << 20
 
 # Trailing metadata keys: where a subscriber resumes, and the oldest sequence retained.
 RESUME_SEQUENCE_TRAILER = "improv-store-resume-sequence"
@@ -62,10 +70,10 @@ class Code(enum.IntEnum):
             return cls.UNKNOWN
 
 
-def parse(message_type: type[Message], raw: bytes | bytearray | memoryview) -> Message | str:
+def parse(message_type: type[MessageT], raw: bytes) -> MessageT | str:
     """The message in ``raw``, or the reason it does not parse (for INVALID_ARGUMENT)."""
     try:
-        return message_type.FromString(raw)  # type: ignore[arg-type]
+        return message_type.FromString(raw)
     except DecodeError as exc:
         return f"malformed {message_type.__name__}: {exc}"
 
@@ -124,12 +132,12 @@ def lane_error(message: str, trailing_metadata: dict[str, str] | None = None) ->
     return pb.LaneError(message=message, trailing_metadata=trailing_metadata).SerializeToString()
 
 
-def read_lane_error(body: bytes | bytearray) -> pb.LaneError:
+def read_lane_error(body: bytes) -> pb.LaneError:
     """The LaneError in a failed answer's body (its bytes as the message, if it is not one)."""
     error = parse(pb.LaneError, body)
     if isinstance(error, str):
-        return pb.LaneError(message=bytes(body).decode(errors="replace"))
-    return error  # type: ignore[return-value]
+        return pb.LaneError(message=body.decode(errors="replace"))
+    return error
 
 
 def receive_exactly(connection: socket.socket, size: int) -> bytearray | None:
