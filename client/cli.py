@@ -13,6 +13,7 @@ token, UNAUTHENTICATED or PERMISSION_DENIED).
 from __future__ import annotations
 
 import argparse
+import enum
 import io
 import os
 import pprint
@@ -24,6 +25,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from improv_store import __version__
+from improv_store.protocol import ID_LENGTH
 
 from .errors import (
     ObjectNotFound,
@@ -36,12 +38,14 @@ from .ids import ObjectID
 from .models import Event, ObjectInfo, StoreInfo
 from .store_client import Ref, StoreClient
 
-EXIT_NOT_FOUND = 1
-EXIT_UNREACHABLE = 3
-EXIT_STORE_ERROR = 4
-EXIT_ACCESS_DENIED = 5
 
-_HEX_ID = re.compile(r"[0-9a-fA-F]{40}")
+class Exit(enum.IntEnum):
+    """The command's exit statuses, so that scripts can tell a missing object from an outage."""
+
+    NOT_FOUND = 1
+    UNREACHABLE = 3
+    STORE_ERROR = 4
+    ACCESS_DENIED = 5
 
 
 # The server's commands, run by exec'ing the server's module (see ``main``).
@@ -148,16 +152,16 @@ def _guarded(handler: Callable[[StoreClient, argparse.Namespace], int]) -> Calla
                 return handler(store, args)
         except ObjectNotFound as exc:
             _error(str(exc))
-            return EXIT_NOT_FOUND
+            return Exit.NOT_FOUND
         except StoreUnavailable as exc:
             _error(f"cannot reach the store: {exc}")
-            return EXIT_UNREACHABLE
+            return Exit.UNREACHABLE
         except (Unauthenticated, PermissionDenied) as exc:
             _error(f"access refused: {exc}")
-            return EXIT_ACCESS_DENIED
+            return Exit.ACCESS_DENIED
         except StoreError as exc:
             _error(f"{exc.code.name}: {exc}")
-            return EXIT_STORE_ERROR
+            return Exit.STORE_ERROR
         except (OSError, ValueError) as exc:  # after StoreError: some are OSErrors too
             _error(str(exc))
             return 2
@@ -172,8 +176,9 @@ def _error(message: str) -> None:
 
 
 def parse_ref(text: str) -> Ref:
-    """40 hex digits are an object ID; anything else is a name."""
-    return ObjectID.from_hex(text) if _HEX_ID.fullmatch(text) else text
+    """40 hex digits (an ID's bytes) are an object ID; anything else is a name."""
+    is_id = re.fullmatch(f"[0-9a-fA-F]{{{2 * ID_LENGTH}}}", text)
+    return ObjectID.from_hex(text) if is_id else text
 
 
 def _put(store: StoreClient, args: argparse.Namespace) -> int:
@@ -259,7 +264,7 @@ def _rm(store: StoreClient, args: argparse.Namespace) -> int:
         except ObjectNotFound as exc:
             _error(str(exc))
             missing += 1
-    return EXIT_NOT_FOUND if missing else 0
+    return Exit.NOT_FOUND if missing else 0
 
 
 def _watch(store: StoreClient, args: argparse.Namespace) -> int:
@@ -326,4 +331,4 @@ def _commits(info: StoreInfo) -> str:
 def _health(store: StoreClient, args: argparse.Namespace) -> int:
     status = store.health()
     print(status)
-    return 0 if status == "SERVING" else EXIT_NOT_FOUND
+    return 0 if status == "SERVING" else Exit.NOT_FOUND

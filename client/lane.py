@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 _FLUSH_INTERVAL = 0.05
 # Releases ride along with a call once this many are queued; fewer wait (at most
-# _FLUSH_INTERVAL) for the flusher thread, so a get loop does not pay for them.
-_RELEASE_BATCH = 64
+# _FLUSH_INTERVAL) for the flusher thread, so a get loop does not pay for them. Few:
+# each lease holds a large region, and a fast reader's queued ones can fill an arena.
+_RELEASE_BATCH = 8
 
 Response = TypeVar("Response", bound=Message)
 
