@@ -59,25 +59,26 @@ def parse_mode(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (use e.g. 0600)") from None
 
 
+# Every spelling of a boolean the server and the clients read from the environment.
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
+
+
 def parse_flag(text: str) -> bool:
     """An IMPROV_STORE_* boolean: 1/true/yes/on, or 0/false/no/off/empty."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use 1 or 0)")
+    value = _BOOLEANS.get(text.strip().lower(), False if not text.strip() else None)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use 1 or 0)")
+    return value
 
 
 def parse_on_off(text: str) -> bool:
-    """``on`` or ``off``, the spelling of switches that are on by default; the
-    clients' spellings of the same variables (1/0, yes/no, true/false) too."""
-    value = text.strip().lower()
-    if value in ("on", "1", "yes", "true"):
-        return True
-    if value in ("off", "0", "no", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
+    """``on`` or ``off``, the spelling of switches that are on by default (the clients'
+    spellings of the same variables, 1/0 and the rest, too)."""
+    value = _BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
+    return value
 
 
 @dataclass(frozen=True)
