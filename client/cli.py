@@ -19,6 +19,7 @@ import os
 import pprint
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -125,8 +126,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = command("ls", _ls, "list objects, oldest first")
     p.add_argument("prefix", nargs="?", default="", help="only names starting with this")
 
-    p = command("rm", _rm, "delete objects by ID, or every object with a name")
-    p.add_argument("refs", nargs="+", help="object IDs in hex, or names")
+    p = command("rm", _rm, "delete objects by ID or name, or all that match the options")
+    p.add_argument("refs", nargs="*", help="object IDs in hex, or names")
+    p.add_argument("--prefix", default="", help="instead: every object named with this prefix")
+    p.add_argument("--before-sequence", type=int, default=0,
+                   help="instead: every object stored before this sequence")
+    p.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
+                   help="instead: every object created more than this long ago")
+    p.add_argument("--all", action="store_true", help="instead: every object in the store")
 
     p = command("watch", _watch, "print changes as they happen (Ctrl-C to stop)")
     p.add_argument("prefix", nargs="?", default="", help="only names starting with this")
@@ -256,6 +263,16 @@ def _size(size: int) -> str:
 
 
 def _rm(store: StoreClient, args: argparse.Namespace) -> int:
+    matching = args.prefix or args.before_sequence or args.older_than is not None or args.all
+    if bool(args.refs) == bool(matching):
+        _error("rm takes object IDs or names, or the options that match objects: not both")
+        return 2
+    if matching:
+        created_before = None if args.older_than is None else time.time() - args.older_than
+        deleted = store.delete_matching(args.prefix, before_sequence=args.before_sequence,
+                                        created_before=created_before, everything=args.all)
+        print(f"deleted {deleted} objects")
+        return 0
     missing = 0
     for text in args.refs:
         try:

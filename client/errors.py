@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, Code
+from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, STORE_ID_TRAILER, Code
 
 
 class StoreError(Exception):
@@ -64,6 +64,18 @@ class HistoryUnavailable(StoreError):
         self.oldest_sequence = oldest_sequence
 
 
+class StoreReset(StoreError):
+    """A resume named another store than the one that answered: its data started over
+    (a wiped directory, a memory-only server restarted), so the sequence numbers the
+    caller holds mean nothing there. Start again from a listing."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, store_id: str) -> None:
+        super().__init__(message)
+        self.store_id = store_id
+
+
 class DataCorrupted(StoreError):
     """A payload no longer matches its checksum."""
 
@@ -116,6 +128,9 @@ def error_for(
 ) -> StoreError:
     """The typed exception for a failed call's status, message and trailer values."""
     cls = _BY_CODE.get(code, StoreError)
+    store_id = (trailers or {}).get(STORE_ID_TRAILER)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and store_id:
+        return StoreReset(message, store_id)
     if cls is HistoryUnavailable:
         oldest = (trailers or {}).get(OLDEST_SEQUENCE_TRAILER)
         return HistoryUnavailable(message, int(oldest) if oldest else None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from .errors import StoreError, StoreUnavailable, error_for, status_code
 log = logging.getLogger(__name__)
 
 _FLUSH_INTERVAL = 0.05
+# MSG_PEEK | MSG_DONTWAIT as a plain int: OR-ing the flags is an enum operation in Python.
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 # Releases ride along with a call once this many are queued; fewer wait (at most
 # _FLUSH_INTERVAL) for the flusher thread, so a get loop does not pay for them. Few:
 # each lease holds a large region, and a fast reader's queued ones can fill an arena.
@@ -56,6 +59,11 @@ class Lane:
         self._lock = threading.Lock()
         self._releases: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._closed = threading.Event()
+        # ``alive`` polls this first: a poll that finds nothing to read is a third of
+        # the cost of a recv that raises BlockingIOError, and a colocated get_many asks
+        # once per object.
+        self._readable = select.poll()
+        self._readable.register(self._socket, select.POLLIN)
         threading.Thread(target=self._flush_periodically, name="improv-store-lane",
                          daemon=True).start()
 
@@ -70,7 +78,13 @@ class Lane:
         if self._closed.is_set():
             return False
         try:
-            hung_up = self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            readable = bool(self._readable.poll(0))
+        except RuntimeError:  # another thread is polling it right now: ask the socket
+            readable = True
+        if not readable:  # checked again: a closed socket's number may be another's now
+            return not self._closed.is_set()
+        try:
+            hung_up = self._socket.recv(1, _PEEK_NOW) == b""
         except BlockingIOError:
             return True
         except OSError:
@@ -99,6 +113,59 @@ class Lane:
         if status:
             raise _failure(status, body)
         return response_type.FromString(body)
+
+    def call_pipelined(
+        self, method: int, first: Message, rest: Iterator[Message], response_type: type[Response]
+    ) -> Iterator[Response]:
+        """Calls of ``method`` with ``first``, then each of ``rest``, one after another:
+        each next request is built (``rest`` runs) while the server handles the one
+        before, and sent before that one's answer is yielded. A failure status raises
+        its StoreError and nothing more is sent; LaneClosed if the lane was closed
+        before ``first`` left. The lane is this caller's until the iteration ends.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                raise LaneClosed("the lane connection is closed")
+            try:
+                if self._releases.qsize() >= _RELEASE_BATCH:
+                    self._send_releases()
+                _write(self._socket, method, first.SerializeToString())
+            except OSError as exc:
+                self._close_locked()
+                raise LaneClosed(f"lane connection lost: {exc}") from None
+            outstanding = True  # a request sent whose answer is not read yet
+            try:
+                while outstanding:
+                    try:
+                        following = next(rest, None)
+                    finally:
+                        outstanding = False
+                        status, body = self._read_answer()
+                    if status:
+                        raise _failure(status, body)
+                    if following is not None:
+                        self._send_or_lose(method, following.SerializeToString())
+                        outstanding = True
+                    yield response_type.FromString(body)
+            finally:
+                if outstanding and not self._closed.is_set():
+                    self._read_answer()  # the caller stopped early: keep the lane in step
+
+    def _read_answer(self) -> tuple[int, bytes]:
+        """The next answer's status and body (with the lock); StoreUnavailable if lost."""
+        try:
+            return _read(self._socket)
+        except OSError as exc:
+            self._close_locked()
+            raise StoreUnavailable(f"lane connection lost: {exc}") from None
+
+    def _send_or_lose(self, method: int, body: bytes) -> None:
+        """Send a request after others on this lane (with the lock); StoreUnavailable if lost."""
+        try:
+            _write(self._socket, method, body)
+        except OSError as exc:
+            self._close_locked()
+            raise StoreUnavailable(f"lane connection lost: {exc}") from None
 
     def release(self, lease_id: int) -> None:
         """Queue a lease for release; safe from finalizers and any thread."""

@@ -280,29 +280,39 @@ class StoreClient:
 
         Each object is stored on its own: if one is refused, the others still
         are, and the first refusal is raised afterwards (its message says
-        which item). Objects too large for a batch go one by one.
+        which item). Objects too large for a batch go one by one. Every object
+        is encoded before any batch is sent; each batch's message is built
+        while the server stores the one before.
         """
         items = list(objects)
         labels = list(names) if names is not None else [None] * len(items)
         if len(labels) != len(items):
             raise ValueError(f"{len(items)} objects but {len(labels)} names")
         ids: list[ObjectID | None] = [None] * len(items)
-        batch: list[tuple[int, pb.PutRequest]] = []
+        batched: list[_BatchItem] = []
         for index, (obj, name) in enumerate(zip(items, labels, strict=True)):
-            encoded = codec.encode(obj)
-            if encoded.size > _BATCH_ITEM_LIMIT:
+            payload: bytes | codec.Encoded
+            if type(obj) is bytes:  # the usual small object: sent as it is, not encoded
+                payload, size = obj, len(obj)
+            else:
+                payload = codec.encode(obj)
+                size = payload.size
+            if size > _BATCH_ITEM_LIMIT:
                 ids[index] = self.put(obj, name)
                 continue
-            spec = pb.ObjectSpec(name=name or "", encoding=encoded.encoding, array=encoded.array)
-            batch.append((index, pb.PutRequest(spec=spec, data=encoded.to_bytes())))
-        first_error: StoreError | None = None
+            batched.append((index, _checked_name(name), payload))
         if self._put_batch is None:
             self._put_batch = _put_batch_size(self._call("Info", pb.InfoRequest()).limits)
-        for start in range(0, len(batch), self._put_batch):
-            chunk = batch[start : start + self._put_batch]
-            request = pb.BatchPutRequest(items=[item for _, item in chunk])
-            response = self._call("BatchPut", request)
-            for (index, _), result in zip(chunk, response.results, strict=True):
+        chunks = [
+            batched[start : start + self._put_batch]
+            for start in range(0, len(batched), self._put_batch)
+        ]
+        responses = self._route().transport.call_pipelined(
+            "BatchPut", map(_batch_put_request, chunks)
+        )
+        first_error: StoreError | None = None
+        for chunk, response in zip(chunks, responses, strict=True):
+            for (index, _, _), result in zip(chunk, response.results, strict=True):
                 if not result.code:
                     ids[index] = ObjectID(result.meta.id)
                 elif first_error is None:
@@ -363,9 +373,31 @@ class StoreClient:
         return Creation(transport, colocated, shape, dtype, name, order, id, labels, replace)
 
     def delete(self, ref: Ref) -> list[ObjectID]:
-        """Delete an object by ID, or every object with a name; return what was deleted."""
+        """Delete an object by ID, or every object with a name; return what was deleted (the
+        oldest 100,000 IDs of a name that had more: ``delete_matching`` counts instead)."""
         response = self._call("Delete", pb.DeleteRequest(ref=to_ref(ref)))
         return [ObjectID(raw) for raw in response.deleted_ids]
+
+    def delete_matching(
+        self,
+        prefix: str = "",
+        *,
+        before_sequence: int = 0,
+        created_before: float | None = None,
+        everything: bool = False,
+    ) -> int:
+        """Delete, in one call, every object meeting all the conditions given: a name
+        ``prefix``, a sequence below ``before_sequence``, a creation time (seconds
+        since the epoch) before ``created_before``; return how many were deleted.
+
+        With no condition, ``everything=True`` is required to empty the store. Each
+        deleted object reaches subscribers as a DELETE event.
+        """
+        request = pb.DeleteMatchingRequest(prefix=prefix, before_sequence=before_sequence,
+                                           all=everything)
+        if created_before is not None:
+            request.created_before.FromNanoseconds(int(created_before * 1e9))
+        return self._call("DeleteMatching", request).deleted_count
 
     # -- reading ------------------------------------------------------------------
 
@@ -416,32 +448,45 @@ class StoreClient:
         return route.colocated.maps.release_now(exporter)
 
     def get_many(self, refs: Iterable[Ref], *, timeout: float | None = None) -> list[Any]:
-        """Several objects in one round trip, in the order asked; raises for the first missing."""
+        """Several objects in one round trip, in the order asked; raises for the first missing.
+
+        Colocated, they are read from the server's object index up to the first it
+        cannot serve; that one and the rest come in one BatchGet.
+        """
         refs = list(refs)
         colocated = self._route().colocated
+        found: list[Any] = []
         if colocated is not None:
-            values = []
             for ref in refs:
                 value = colocated.read(ref)
                 if value is MISS:
                     break
-                values.append(value)
+                found.append(value)
             else:
-                return values
-        object_refs = [to_ref(ref) for ref in refs]
+                return found
+            refs = refs[len(found) :]
         transfer = colocated.transfer if colocated is not None else pb.TRANSFER_INLINE
+        batch = pb.BatchGetRequest(wait=_duration(timeout), transfer=transfer)
+        add = batch.refs.add
+        for ref in refs:
+            if type(ref) is ObjectID:  # the usual ref, added in place (no ObjectRef to copy)
+                add(id=ref.binary())
+            else:
+                batch.refs.append(to_ref(ref))
 
         def request(session_id: str) -> pb.BatchGetRequest:
-            return pb.BatchGetRequest(
-                refs=object_refs, wait=_duration(timeout), transfer=transfer, session_id=session_id
-            )
+            batch.session_id = session_id
+            return batch
 
         response, session = self._call_with_session("BatchGet", request, timeout or 0.0)
-        objects = []
+        objects = found
         for result in response.results:
             if result.code:
                 raise error_for(status_code(result.code), result.message)
-            objects.append(self._decode(result, session))
+            if result.payload_omitted or result.HasField("handle"):
+                objects.append(self._decode(result, session))
+            else:  # inline: what _decode would do, without asking for the route each time
+                objects.append(codec.decode(result.meta, result.data))
         return objects
 
     def stat(self, ref: Ref, *, timeout: float | None = None) -> ObjectInfo:
@@ -467,12 +512,19 @@ class StoreClient:
         return StoreInfo.from_proto(self._call("Info", pb.InfoRequest()))
 
     def subscribe(
-        self, prefix: str = "", *, since: int | None = None, values: bool = False
+        self,
+        prefix: str = "",
+        *,
+        since: int | None = None,
+        store_id: str | None = None,
+        values: bool = False,
     ) -> Subscription:
         """Follow changes to objects whose name starts with ``prefix``.
 
         With ``since``, first replay retained history from that sequence
-        (HistoryUnavailable if it is gone). Iterate the result for Events;
+        (HistoryUnavailable if it is gone). With ``store_id`` (a Subscription's,
+        or Info's), ``since`` counts in that store: StoreReset if this server's
+        data started over since. Iterate the result for Events;
         close it (or use it as a context manager) to stop. With ``values``,
         each put/replace event carries the stored object as ``event.value``
         (through shared memory when colocated, so no extra round trip).
@@ -481,10 +533,39 @@ class StoreClient:
         """
         transport, colocated = self._route()
         subscription = Subscription(
-            transport, prefix, since, values=values, colocated=colocated, get=self.get
+            transport, prefix, since, store_id=store_id, values=values, colocated=colocated,
+            get=self.get,
         )
         self._subscriptions.add(subscription)
         return subscription
+
+
+# One object of a put_many batch: its index, name, and payload (bytes are sent as they are).
+_BatchItem = tuple[int, str, bytes | codec.Encoded]
+
+
+def _checked_name(name: str | None) -> str:
+    """``name`` as the batch's ObjectSpec takes it ("" for none), refused here, before any
+    batch is sent, if protobuf would refuse it (a str that is not valid UTF-8, a non-str)."""
+    if not name:
+        return ""
+    if type(name) is not str or not name.isascii():
+        pb.ObjectSpec(name=name)  # raises what building the batch would have raised
+    return name
+
+
+def _batch_put_request(chunk: list[_BatchItem]) -> pb.BatchPutRequest:
+    """The BatchPut of ``chunk``'s objects (built with ``items.add``: far cheaper in
+    protobuf than a PutRequest per object, then a list of them)."""
+    request = pb.BatchPutRequest()
+    add = request.items.add
+    for _, name, payload in chunk:
+        if isinstance(payload, bytes):
+            add(spec={"name": name, "encoding": pb.ENCODING_RAW}, data=payload)
+        else:
+            spec = pb.ObjectSpec(name=name, encoding=payload.encoding, array=payload.array)
+            add(spec=spec, data=payload.to_bytes())
+    return request
 
 
 def _put_batch_size(limits: pb.Limits) -> int:

@@ -11,7 +11,7 @@ import grpc
 from improv_store.v1 import store_pb2 as pb
 
 from .colocated import Colocated
-from .errors import ObjectNotFound, StoreError, StoreFull
+from .errors import ObjectNotFound, StoreError, StoreFull, StoreReset
 from .ids import ObjectID
 from .models import Event
 from .transport import LeaseSession, SubscribeStream, Transport
@@ -25,7 +25,8 @@ class Subscription:
     A subscriber the server cuts off for falling behind resumes by itself from
     where it stopped, so the caller sees every event once, in order.
     ``last_sequence`` is the last event delivered: pass ``since=last_sequence + 1``
-    to a new subscription to continue after a disconnect or server restart.
+    and ``store_id`` to a new subscription to continue after a disconnect or server
+    restart; a store whose data started over then raises StoreReset.
     The stream is the transport's: a lane connection of its own, or a gRPC stream.
     """
 
@@ -35,6 +36,7 @@ class Subscription:
         prefix: str,
         since: int | None,
         *,
+        store_id: str | None = None,
         values: bool = False,
         colocated: Colocated | None = None,
         get: Callable[[ObjectID], Any] | None = None,
@@ -46,18 +48,25 @@ class Subscription:
         self._values = values
         self._colocated = colocated if values else None
         self._get = get
-        if since is None:
+        if since is None or store_id is None:
+            info = transport.call("Info", pb.InfoRequest())
             # From the next change on, asked for by number: the server registers a
             # subscription after the call has left, and a change made in between (by
             # this process's next put, say) would otherwise be missed.
-            since = transport.call("Info", pb.InfoRequest()).last_sequence + 1
+            since = info.last_sequence + 1 if since is None else since
+            # Resumes after falling behind name this store, so one that started over
+            # in between is noticed rather than read from the wrong sequence.
+            store_id = info.store_id if store_id is None else store_id
+        self.store_id = store_id
         self.last_sequence = since - 1
         self._closed = False
         self._session: LeaseSession | None = None  # the session that takes the values' leases
         self._stream = self._open(since)
 
     def _open(self, since: int) -> SubscribeStream:
-        request = pb.SubscribeRequest(prefix=self._prefix, since_sequence=since)
+        request = pb.SubscribeRequest(
+            prefix=self._prefix, since_sequence=since, store_id=self.store_id
+        )
         if self._colocated is not None:
             self._session = self._transport.session()
             request.transfer = self._colocated.transfer
@@ -94,6 +103,8 @@ class Subscription:
             resume = self.last_sequence + 1
             log.warning("subscription fell behind; resuming from sequence %d", resume)
             return resume
+        if isinstance(error, StoreReset):
+            raise error
         if error.code == grpc.StatusCode.FAILED_PRECONDITION and self._session is not None:
             self._transport.drop_session(self._session.session_id)
             return self.last_sequence + 1

@@ -71,6 +71,17 @@ class Transport(ABC, Generic[SessionType]):
         ``extra_time`` (a wait the request asks for) is added to the call's deadline."""
 
     @abstractmethod
+    def call_pipelined(self, rpc: str, requests: Iterator[Message]) -> Iterator[Any]:
+        """The responses of unary RPC ``rpc`` called with each of ``requests`` in turn.
+
+        The server handles one at a time, in order, as separate calls would be;
+        but the next request is built (the iterator runs) while the server
+        handles the one before, and sent before that one's response is
+        yielded, so the caller's work on each side overlaps the server's. A
+        failure raises its StoreError, and no request is sent after it.
+        """
+
+    @abstractmethod
     def put_stream(self, messages: Iterator[bytes]) -> pb.PutStreamResponse:
         """A PutStream of already serialized messages."""
 
@@ -173,6 +184,21 @@ class GrpcTransport(Transport[Session]):
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
+    def call_pipelined(self, rpc: str, requests: Iterator[Message]) -> Iterator[Any]:
+        method = getattr(self._stub, rpc)
+        try:
+            request = next(requests, None)
+            answer = None if request is None else method.future(request, timeout=self._timeout)
+            while answer is not None:
+                try:
+                    request = next(requests, None)
+                finally:
+                    response = answer.result()  # also when building the next one failed
+                answer = None if request is None else method.future(request, timeout=self._timeout)
+                yield response
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
     def put_stream(self, messages: Iterator[bytes]) -> pb.PutStreamResponse:
         try:
             return self._put_stream(messages, timeout=self._timeout)
@@ -230,6 +256,33 @@ class LaneTransport(Transport[Lane]):
                 if attempt or getattr(request, "session_id", None):
                     raise  # a request bound to the lost session: the caller renews it
         raise AssertionError("unreachable")
+
+    def call_pipelined(self, rpc: str, requests: Iterator[Message]) -> Iterator[Any]:
+        lane_call = LANE_CALL_OF_RPC.get(rpc)
+        if lane_call is None:
+            return self._grpc.call_pipelined(rpc, requests)
+        return self._lane_pipelined(lane_call.method, requests, lane_call.response_type)
+
+    def _lane_pipelined(
+        self, method: int, requests: Iterator[Message], response_type: type[Message]
+    ) -> Iterator[Any]:
+        """Over the lane; a lane found closed before the first request left is reopened
+        once (the server saw nothing), later it is StoreUnavailable."""
+        first = next(requests, None)
+        if first is None:
+            return
+        for attempt in range(2):
+            lane = self.session(probe=False)
+            responses = lane.call_pipelined(method, first, requests, response_type)
+            try:
+                response = next(responses)
+            except LaneClosed:
+                if attempt:
+                    raise
+                continue
+            yield response
+            yield from responses
+            return
 
     def put_stream(self, messages: Iterator[bytes]) -> pb.PutStreamResponse:
         return self._grpc.put_stream(messages)

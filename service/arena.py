@@ -40,7 +40,7 @@ class ArenaFull(Exception):
     """No room for a region even after every reclaimable segment was dropped."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per resident object: no __dict__
 class Region:
     """A live allocation: ``length`` bytes at ``offset`` in ``segment``."""
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
-from improv_store.protocol import INLINE_LIMIT, MAX_MESSAGE_SIZE
+from improv_store.protocol import INLINE_LIMIT, MAX_MESSAGE_SIZE, MAX_RESPONSE_SIZE
 
 from .access import is_loopback, load_token
 
@@ -137,11 +137,13 @@ class ServerConfig:
     )
     token_file: str = option(
         "",
-        "file holding a token every RPC must carry as 'authorization: Bearer TOKEN', on TCP"
-        " and the unix socket; health checks stay open",
+        "file holding a token every RPC must carry as 'authorization: Bearer TOKEN', on TCP,"
+        " the unix socket and --web-listen; health checks stay open",
     )
     insecure: bool = option(
-        False, "allow TCP beyond loopback with neither TLS nor a token (logs a warning)"
+        False,
+        "allow TCP beyond loopback with neither TLS nor a token, and --web-listen beyond"
+        " loopback without a token (logs a warning)",
     )
     data_dir: str = option(
         "./improv-store-data", "LMDB environment directory (one server per directory)"
@@ -203,6 +205,16 @@ class ServerConfig:
         " from without a call (a power of two; 0: off)",
     )
     metrics_listen: str = option("", "host:port to serve Prometheus /metrics on; empty: off")
+    web_listen: str = option(
+        "",
+        "host:port to serve the Connect protocol on, for browsers and curl (HTTP/1.1, no TLS;"
+        " docs/browser.md); empty: off",
+    )
+    web_allow_origin: str = option(
+        "",
+        "origins whose web pages may call --web-listen (CORS), comma-separated, e.g."
+        " http://localhost:5173; * allows any; empty: none but the server's own",
+    )
     log_format: str = option(
         "text", "text lines, or one JSON object per line", choices=("text", "json")
     )
@@ -212,6 +224,7 @@ class ServerConfig:
 
     # Not options: message and inline sizes the clients assume too, and the stop grace period.
     max_message_size: int = MAX_MESSAGE_SIZE
+    max_response_size: int = MAX_RESPONSE_SIZE
     inline_limit: int = INLINE_LIMIT
     shm_min_size: int = 64 << 10
     shutdown_grace: float = 5.0
@@ -250,6 +263,12 @@ class ServerConfig:
                 " can reach it could read and change the store. Give --tls-cert/--tls-key"
                 " or --token-file, or --insecure to accept that"
             )
+        if self.web_open_to_network() and not self.insecure:
+            raise ValueError(
+                f"refusing to serve --web-listen {self.web_listen} beyond loopback without a"
+                " token: anyone who can reach it could read and change the store. Give"
+                " --token-file, or --insecure to accept that"
+            )
         for limit in ("max_name_length", "max_batch_size", "max_subscribers", "max_streams"):
             if getattr(self, limit) < 1:
                 raise ValueError(f"{limit} must be at least 1")
@@ -267,6 +286,11 @@ class ServerConfig:
             and not self.tls_cert
             and not self.token
         )
+
+    def web_open_to_network(self) -> bool:
+        """Whether the Connect listener is bound beyond loopback without a token (it has no
+        TLS, so TLS does not count)."""
+        return bool(self.web_listen) and not is_loopback(self.web_listen) and not self.token
 
 
 # Parsers by annotation (a string: this module postpones annotations).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, Code
+from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, STORE_ID_TRAILER, Code
 
 
 class StoreError(Exception):
@@ -38,6 +38,14 @@ def exhausted(message: str) -> StoreError:
 def unavailable(message: str = "the store is shutting down") -> StoreError:
     """UNAVAILABLE: the server is stopping; retry elsewhere or later."""
     return StoreError(Code.UNAVAILABLE, message)
+
+
+def resume_impossible(code: Code, message: str, store_id: str, oldest: int) -> StoreError:
+    """A Subscribe resume this store cannot serve: it is another store than the caller's,
+    or the sequence was never issued; names this store and its oldest retained sequence."""
+    return StoreError(
+        code, message, trailers={STORE_ID_TRAILER: store_id, OLDEST_SEQUENCE_TRAILER: str(oldest)}
+    )
 
 
 def history_gone(requested: int, oldest: int) -> StoreError:

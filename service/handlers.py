@@ -24,7 +24,7 @@ import crc32c
 from google.protobuf.message import Message
 
 from improv_store import chunks
-from improv_store.protocol import Code, parse
+from improv_store.protocol import MAX_IDS_PER_MESSAGE, Code, parse
 from improv_store.v1 import store_pb2 as pb
 
 from . import validation
@@ -35,9 +35,14 @@ from .store import Store, Subscription
 
 log = logging.getLogger(__name__)
 
-# A BatchGet response carries at most this many inline payload bytes; the rest
-# are marked payload_omitted for the client to stream.
-BATCH_PAYLOAD_BUDGET = 16 << 20
+# Bytes of a Get or BatchGet answer besides an object's metadata and payload, at most.
+_RESPONSE_FRAMING = 64
+# Bytes a BatchGetResult takes besides its fields' contents (tags, lengths, a flag), at most.
+_RESULT_FRAMING = 32
+# A BatchGetResult's status message is cut to this many characters (it may quote a name),
+# so that a result carrying only a status takes at most _LARGEST_STATUS bytes.
+_MAX_STATUS_MESSAGE = 384
+_LARGEST_STATUS = 4 * _MAX_STATUS_MESSAGE + _RESULT_FRAMING
 
 _SHM_TRANSFERS = (pb.TRANSFER_SHM, pb.TRANSFER_AUTO)
 _EVENTS_WITH_OBJECTS = (pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_REPLACE)
@@ -182,6 +187,7 @@ class Handlers:
         self._lane_socket = lane_socket
         config = store.config
         self._inline_limit = config.inline_limit
+        self._max_response_size = config.max_response_size
         self._shm_min_size = config.shm_min_size
         self._max_batch_size = config.max_batch_size
         self._sync = config.durability == "sync"
@@ -206,6 +212,11 @@ class Handlers:
             return False
         self.store.check_session(session_id)
         return transfer == pb.TRANSFER_SHM or size >= self._shm_min_size
+
+    def _fits(self, obj: StoredObject) -> bool:
+        """Whether a response with the object's metadata and payload stays within the
+        largest response (only an unusually long name or many labels push it over)."""
+        return obj.size + len(obj.record) + _RESPONSE_FRAMING <= self._max_response_size
 
     def _check_inline(self, data: bytes) -> None:
         if len(data) > self._inline_limit:
@@ -249,6 +260,8 @@ class Handlers:
                 self._check_inline(data)
                 put = self.store.put(item.spec, data, wait=False)
                 result.meta.CopyFrom(put.meta)
+                if item.spec.labels:  # the caller has them; a batch of them could outgrow
+                    result.meta.ClearField("labels")  # a client's receive limit
                 if self._sync and put.ticket is not None:
                     committing.setdefault(put.ticket, []).append(result)
             except StoreError as exc:
@@ -259,7 +272,25 @@ class Handlers:
 
     def Delete(self, request: pb.DeleteRequest, time_left: float | None = None) -> Pending:
         deleted, ticket = self.store.delete(request.ref, wait=False)
-        return Pending(pb.DeleteResponse(deleted_ids=deleted), self._durable(ticket))
+        response = pb.DeleteResponse(
+            deleted_ids=deleted[:MAX_IDS_PER_MESSAGE], deleted_count=len(deleted)
+        )
+        return Pending(response, self._durable(ticket))
+
+    def DeleteMatching(
+        self, request: pb.DeleteMatchingRequest, time_left: float | None = None
+    ) -> Pending:
+        created_before = None
+        if request.HasField("created_before"):
+            if not 0 <= request.created_before.nanos < 1_000_000_000:
+                raise invalid("created_before.nanos must be in [0, 1e9)")
+            created_before = request.created_before.ToNanoseconds()
+        deleted, last, ticket = self.store.delete_matching(
+            request.prefix, request.before_sequence, created_before,
+            everything=request.all, wait=False,
+        )
+        response = pb.DeleteMatchingResponse(deleted_count=deleted, last_sequence=last)
+        return Pending(response, self._durable(ticket))
 
     def PutStream(self, raw_requests: Iterator[bytes], on_end: OnEnd) -> Pending:
         """Takes serialized PutStreamRequests: chunks are sliced, not parsed (see
@@ -379,14 +410,18 @@ class Handlers:
 
     def Get(self, request: pb.GetRequest, time_left: float | None = None) -> pb.GetResponse:
         obj = self.store.get(request.ref, self._wait(request, time_left))
+        response = pb.GetResponse()
+        response.meta.MergeFromString(obj.record)
         if request.metadata_only:
-            return pb.GetResponse(meta=obj.meta)
-        if self._wants_handle(request.transfer, request.session_id, obj.meta.size):
-            return pb.GetResponse(meta=obj.meta, handle=self.store.lease(request.session_id, obj))
-        if obj.meta.size > self._inline_limit:
-            return pb.GetResponse(meta=obj.meta, payload_omitted=True)
-        with self.store.read(obj) as payload:
-            return pb.GetResponse(meta=obj.meta, data=bytes(payload))
+            return response
+        if self._wants_handle(request.transfer, request.session_id, obj.size):
+            response.handle.CopyFrom(self.store.lease(request.session_id, obj))
+        elif obj.size > self._inline_limit or not self._fits(obj):
+            response.payload_omitted = True
+        else:
+            with self.store.read(obj) as payload:
+                response.data = bytes(payload)
+        return response
 
     def GetStream(
         self, request: pb.GetStreamRequest, time_left: float | None, on_end: OnEnd
@@ -396,50 +431,59 @@ class Handlers:
         chunk_size = min(request.chunk_size or chunks.CHUNK_SIZE, self._inline_limit)
         with self.streams.hold(on_end):
             obj = self.store.get(request.ref, self._wait(request, time_left))
+            if request.offset > obj.size:
+                raise StoreError(Code.OUT_OF_RANGE, f"offset {request.offset} is beyond the"
+                                 f" object's {obj.size} bytes")
+            end = obj.size if not request.length else min(obj.size, request.offset
+                                                          + request.length)
             with self.store.read(obj) as payload:
                 yield pb.GetStreamResponse(meta=obj.meta).SerializeToString()
-                for offset in range(0, len(payload), chunk_size):
-                    yield chunks.encode_chunk((payload[offset : offset + chunk_size],))
+                for offset in range(request.offset, end, chunk_size):
+                    yield chunks.encode_chunk((payload[offset : min(offset + chunk_size, end)],))
 
     def BatchGet(
         self, request: pb.BatchGetRequest, time_left: float | None = None
     ) -> pb.BatchGetResponse:
+        """Every result's status and metadata first, then payloads in order while the
+        response has room (the rest payload_omitted): the answer never exceeds
+        max_response_size. Results whose metadata no longer fits, which only large labels
+        cause, are RESOURCE_EXHAUSTED."""
         if request.transfer in _SHM_TRANSFERS:
             self.store.check_session(request.session_id)
         results = self.store.get_many(list(request.refs), self._wait(request, time_left))
         response = pb.BatchGetResponse()
-        budget = BATCH_PAYLOAD_BUDGET
-        for found in results:
+        room = self._max_response_size - _RESPONSE_FRAMING
+        inline: list[tuple[pb.BatchGetResult, StoredObject]] = []
+        for index, found in enumerate(results):
             item = response.results.add()
+            # Room for a status in each result still to come.
+            reserve = (len(results) - index - 1) * _LARGEST_STATUS
             try:
                 if isinstance(found, StoreError):
                     raise found
-                budget -= self._fill_result(item, found, request, budget)
+                if len(found.record) + _RESULT_FRAMING > room - reserve:
+                    raise exhausted("did not fit in this response (max_response_size): ask again")
+                item.meta.MergeFromString(found.record)
+                if self._wants_handle(request.transfer, request.session_id, found.size):
+                    item.handle.CopyFrom(self.store.lease(request.session_id, found))
+                else:
+                    inline.append((item, found))
             except StoreError as exc:
                 item.Clear()
                 item.code = exc.code
-                item.message = exc.message
+                item.message = exc.message[:_MAX_STATUS_MESSAGE]
+            room -= item.ByteSize() + _RESULT_FRAMING
+        for item, obj in inline:
+            if obj.size > min(room, self._inline_limit):
+                item.payload_omitted = True
+                continue
+            with self.store.read(obj) as payload:
+                item.data = bytes(payload)
+            room -= obj.size + _RESULT_FRAMING
         return response
 
-    def _fill_result(
-        self, item: pb.BatchGetResult, obj: StoredObject, request: pb.BatchGetRequest, budget: int
-    ) -> int:
-        """Put one object into a BatchGet result; return the inline bytes it used."""
-        item.meta.CopyFrom(obj.meta)
-        size = obj.meta.size
-        if self._wants_handle(request.transfer, request.session_id, size):
-            item.handle.CopyFrom(self.store.lease(request.session_id, obj))
-            return 0
-        if size > min(budget, self._inline_limit):
-            item.payload_omitted = True
-            return 0
-        with self.store.read(obj) as payload:
-            item.data = bytes(payload)
-        return size
-
     def List(self, request: pb.ListRequest, time_left: float | None = None) -> pb.ListResponse:
-        metas, token = self.store.list(request.prefix, request.page_size, request.page_token)
-        return pb.ListResponse(objects=metas, next_page_token=token)
+        return self.store.list(request.prefix, request.page_size, request.page_token)
 
     def Info(self, request: pb.InfoRequest, time_left: float | None = None) -> pb.InfoResponse:
         info = self.store.info()
@@ -457,7 +501,10 @@ class Handlers:
         if request.transfer in _SHM_TRANSFERS:
             self.store.check_session(request.session_id)
             attach = functools.partial(self._attach_handle, request=request)
-        return EventStream(self.store.subscribe(request.prefix, since), attach)
+        subscription = self.store.subscribe(
+            request.prefix, since, store_id=request.store_id, from_oldest=request.from_oldest
+        )
+        return EventStream(subscription, attach)
 
     def _attach_handle(self, response: pb.SubscribeResponse, request: pb.SubscribeRequest) -> None:
         """Lease the event's object to the subscriber, if it is still stored."""

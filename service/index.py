@@ -54,6 +54,7 @@ class ObjectIndex:
         self.views = views
         self._segment_prefix = segment_prefix
         self._mask = slots - 1
+        self._fill_limit = slots - slots // 8
         self._slot_ids: list[bytes | None] = [None] * slots
         self._slot_of: dict[bytes, int] = {}
         self._last_layout: tuple[tuple[int, int, bytes | None] | None, bytes] = (None, b"")
@@ -80,13 +81,14 @@ class ObjectIndex:
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def publish(self, meta: pb.ObjectMeta, region: Region) -> None:
+    def publish(self, object_id: bytes, meta: pb.ObjectMeta, region: Region) -> None:
         """List a resident object, if it is small (or views are listed), its layout fits a
-        slot and a slot is free."""
-        object_id = meta.id
+        slot and a slot is free. (``object_id`` is ``meta.id``, the table's own copy.)"""
         too_large = meta.size >= self.max_payload and not self.views
         if too_large or object_id == NO_ID or object_id in self._slot_of:
             return
+        if len(self._slot_of) >= self._fill_limit:
+            return  # so full that probing for a free slot would mostly fail, at a cost per put
         encoded = self._layout(meta)
         if len(encoded) > MAX_META:
             return

@@ -20,6 +20,7 @@ import logging
 import os
 import struct
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO, TypeVar
@@ -41,6 +42,7 @@ _LAST_SEQUENCE = b"last_sequence"
 _RESERVED_SEQUENCE = b"reserved_sequence"
 _TRIMMED_THROUGH = b"trimmed_through"
 _APPLIED_LOG = b"applied_log_generation"  # the write-ahead log's, see wal.py
+_STORE_ID = b"store_id"  # made with the data, see InfoResponse.store_id
 _PAGE_OVERHEAD = 4096
 # An EIO from a write means a full disk when less than the write's payloads plus
 # this is free: LMDB reports a short write (what a full disk causes) as EIO.
@@ -55,7 +57,7 @@ T = TypeVar("T")
 class Recovered:
     """What a restart finds on disk."""
 
-    objects: list[pb.ObjectMeta]
+    records: list[bytes]  # every object's serialized ObjectMeta, in no particular order
     last_sequence: int
     trimmed_through: int
 
@@ -130,18 +132,16 @@ class LmdbBackend:
         self._resize = _ResizeLock()
         self.trimmed_through = self._read_counter(_TRIMMED_THROUGH)
         self.applied_log_generation = self._read_counter(_APPLIED_LOG)
+        self.store_id = self._store_id()
 
     # -- recovery -----------------------------------------------------------------
 
     def recover(self) -> Recovered:
         """Read back every object's metadata and the sequence counters."""
-        objects = []
         with self._resize.shared(), self._env.begin(db=self._objects) as txn:
-            for _, value in txn.cursor():
-                objects.append(pb.ObjectMeta.FromString(value))
-        objects.sort(key=lambda meta: meta.sequence)
+            records = list(txn.cursor().iternext(keys=False, values=True))
         last = max(self._read_counter(_LAST_SEQUENCE), self._read_counter(_RESERVED_SEQUENCE))
-        return Recovered(objects=objects, last_sequence=last, trimmed_through=self.trimmed_through)
+        return Recovered(records=records, last_sequence=last, trimmed_through=self.trimmed_through)
 
     # -- writing ------------------------------------------------------------------
 
@@ -271,6 +271,15 @@ class LmdbBackend:
                 return
             yield from events
             position = events[-1].sequence + 1
+
+    def _store_id(self) -> str:
+        """The data's identity, made the first time the environment is opened."""
+        with self._env.begin(write=True, db=self._state) as txn:
+            stored = txn.get(_STORE_ID)
+            if stored is None:
+                stored = uuid.uuid4().hex.encode()
+                txn.put(_STORE_ID, stored)
+        return bytes(stored).decode()
 
     def _read_counter(self, key: bytes) -> int:
         with self._resize.shared(), self._env.begin(db=self._state) as txn:

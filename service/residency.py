@@ -17,6 +17,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+from improv_store.v1 import store_pb2 as pb
+
 from .arena import Arena, ArenaFull, Region
 from .errors import exhausted
 from .index import ObjectIndex
@@ -88,17 +90,18 @@ class ResidentSet:
                 self.evictions += 1
                 log.info(
                     "evicted %s (%s, %d bytes) to make room; it reloads from disk on use",
-                    object_id.hex(), obj.meta.name or "unnamed", obj.meta.size,
+                    object_id.hex(), obj.name or "unnamed", obj.size,
                 )
                 return True
         return False
 
-    def admit(self, obj: StoredObject, region: Region) -> None:
-        """Make ``region`` the object's resident payload, most recently used."""
+    def admit(self, obj: StoredObject, region: Region, meta: pb.ObjectMeta) -> None:
+        """Make ``region`` the object's resident payload, most recently used (``meta`` is
+        the object's, which the index lists)."""
         obj.region = region
         self._lru[obj.object_id] = obj
         if self.index is not None:
-            self.index.publish(obj.meta, region)
+            self.index.publish(obj.object_id, meta, region)
 
     def touch(self, obj: StoredObject) -> None:
         """Note a use, so the object is evicted later rather than sooner."""
@@ -107,13 +110,13 @@ class ResidentSet:
 
     def pin(self, obj: StoredObject) -> None:
         if obj.pins == 0:
-            self.pinned_bytes += obj.meta.size
+            self.pinned_bytes += obj.size
         obj.pins += 1
 
     def unpin(self, obj: StoredObject) -> None:
         obj.pins -= 1
         if obj.pins == 0:
-            self.pinned_bytes -= obj.meta.size
+            self.pinned_bytes -= obj.size
             self.release_if_unused(obj)
 
     def forget(self, obj: StoredObject) -> None:

@@ -14,19 +14,20 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from improv_store import __version__
 from improv_store.client.tuning import keep_freed_memory
 from improv_store.protocol import SERVICE_NAME
 
-from .access import TokenInterceptor, server_credentials
+from . import reflection
+from .access import TokenInterceptor, is_loopback, server_credentials
 from .config import ServerConfig
 from .handlers import Handlers
 from .lane import LaneServer
 from .metrics import StoreMetrics
 from .servicer import add_to_server
 from .store import Store
+from .web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class StoreServer:
         self.metrics.watch(self.store.info, self.store.subscriber_lag)
         options = [
             ("grpc.max_receive_message_length", config.max_message_size),
-            ("grpc.max_send_message_length", config.max_message_size),
+            # Every response fits a client's default receive limit; a larger one is a bug.
+            ("grpc.max_send_message_length", config.max_response_size),
             ("grpc.so_reuseport", 0),
             ("grpc.http2.max_frame_size", 16777215),
         ]
@@ -67,11 +69,10 @@ class StoreServer:
         add_to_server(handlers, self._grpc)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
-        )
+        reflection.enable(self._grpc, (SERVICE_NAME, health.SERVICE_NAME))
         self.addresses: list[str] = []
         self.lane: LaneServer | None = None
+        self.web: WebServer | None = None
         try:
             if config.socket:
                 self._bind("unix:" + os.path.abspath(config.socket))
@@ -79,6 +80,8 @@ class StoreServer:
                 os.chmod(config.socket, config.socket_mode)
             if config.listen:
                 self._bind_tcp(config)
+            if config.web_listen:
+                self.web = self._bind_web(config, handlers)
             if lane_path:
                 self.lane = LaneServer(lane_path, handlers, self.metrics.record)
                 self.addresses.append(f"lane:{lane_path}")
@@ -98,6 +101,31 @@ class StoreServer:
             )
         self._bind(config.listen, credentials)
 
+    def _bind_web(self, config: ServerConfig, handlers: Handlers) -> WebServer:
+        """The Connect listener for browsers and curl (service/web.py), bound, not started."""
+        if config.web_open_to_network():
+            log.warning(
+                "--insecure: serving Connect on %s without a token; anyone who can reach it"
+                " can read and change the store",
+                config.web_listen,
+            )
+        elif not is_loopback(config.web_listen):
+            log.warning(
+                "serving Connect on %s without TLS: the token crosses the network in the"
+                " clear; put a TLS-terminating proxy in front (docs/browser.md)",
+                config.web_listen,
+            )
+        web = WebServer(
+            config.web_listen,
+            handlers,
+            token=config.token,
+            allow_origin=config.web_allow_origin,
+            max_body=config.max_message_size,
+            record=self.metrics.record,
+        )
+        self.addresses.append(f"http://{web.address} (Connect)")
+        return web
+
     def _bind(self, address: str, credentials: grpc.ServerCredentials | None = None) -> None:
         try:
             if credentials is None:
@@ -114,6 +142,8 @@ class StoreServer:
         self._grpc.start()
         if self.lane is not None:
             self.lane.start()
+        if self.web is not None:
+            self.web.start()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
             self.addresses.append(f"http://{self.config.metrics_listen}/metrics")
@@ -135,9 +165,13 @@ class StoreServer:
         if self.lane is not None:
             self.lane.stop()
         self.store.begin_shutdown()
+        if self.web is not None:
+            self.web.close()  # after the store's shutdown began: subscribers hear UNAVAILABLE
         grace = self.config.shutdown_grace
         if not self._grpc.stop(grace).wait(grace + _STOP_SLACK):
             log.warning("gRPC did not finish stopping %.0f s after the grace period", _STOP_SLACK)
+        if self.web is not None and not self.web.wait(_STOP_SLACK):
+            log.warning("Connect calls were still running %.0f s after gRPC stopped", _STOP_SLACK)
         self.store.close()
         if self.config.socket:
             with contextlib.suppress(FileNotFoundError):

@@ -15,13 +15,16 @@ transports call are a thin layer over it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import logging
 import os
 import random
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ import crc32c
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from improv_store import __version__
-from improv_store.protocol import ID_LENGTH, Code
+from improv_store.protocol import ID_LENGTH, MAX_IDS_PER_MESSAGE, Code
 from improv_store.v1 import store_pb2 as pb
 
 from . import validation, wal
@@ -40,7 +43,7 @@ from .commit_async import AsyncCommitter
 from .commit_sync import SyncCommitter
 from .committer import CommitHooks, Committer, Ticket
 from .config import ServerConfig
-from .errors import StoreError, exhausted, invalid, not_found, unavailable
+from .errors import StoreError, exhausted, invalid, not_found, resume_impossible, unavailable
 from .eventlog import EventLog
 from .index import ObjectIndex
 from .index import supported as index_supported
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 SEQUENCE_RESERVATION = 10_000
 _COMMIT_FOR_ROOM_ATTEMPTS = 5
 MAX_PAGE_SIZE = 1000
+# DeleteMatching deletes at most this many objects per hold of the store's lock.
+_DELETE_CHUNK = 1000
 DEFAULT_PAGE_SIZE = 100
 _PAGE_TOKEN = re.compile(r"[1-9][0-9]*")
 
@@ -113,6 +118,8 @@ class Store:
         except BaseException:
             self.shm.close()
             raise
+        # A store without data on disk starts over at every start: a new identity each time.
+        self.store_id = self._backend.store_id if self._backend else uuid.uuid4().hex
         instance = os.urandom(3).hex()
         segment_prefix = f"{self.shm.prefix}{instance}-"
         index = pins = None
@@ -152,8 +159,7 @@ class Store:
         )
         self._wal = self._replay_log()
         recovered = self._backend.recover()
-        for meta in recovered.objects:
-            self._table.add(StoredObject(meta=meta))
+        self._table.load(map(StoredObject.parse, recovered.records))
         self._last_sequence = self._reserved_through = recovered.last_sequence
         log.info(
             "recovered %d objects (%d bytes) from %s; last sequence %d",
@@ -334,10 +340,17 @@ class Store:
                 raise _exists(meta.id)
             session = self._sessions.get(lease_to) if lease_to is not None else None
             replaced = self._table.ids_named(meta.name) if replace else []
+            if len(replaced) > MAX_IDS_PER_MESSAGE:
+                # The REPLACE lists the newest; the rest go first, each with its own DELETE
+                # event, so no event or answer outgrows a client's receive limit.
+                excess, replaced = replaced[:-MAX_IDS_PER_MESSAGE], replaced[-MAX_IDS_PER_MESSAGE:]
+                self._reserve_sequences(len(excess))
+                for object_id in excess:
+                    self._delete_locked(object_id)
             meta.sequence = self._next_sequence()
-            obj = StoredObject(meta=meta, committing=self._backend is not None)
-            self._table.add(obj)
-            self._resident.admit(obj, region)
+            obj = StoredObject.of(meta, committing=self._backend is not None)
+            self._table.add(obj, meta.name)
+            self._resident.admit(obj, region, meta)
             handle = None
             if session is not None:
                 self._resident.pin(obj)
@@ -378,6 +391,51 @@ class Store:
         if wait:
             self.await_durable(ticket)
         return ids, ticket
+
+    def delete_matching(
+        self,
+        prefix: str,
+        before_sequence: int,
+        created_before_ns: int | None,
+        *,
+        everything: bool = False,
+        wait: bool = True,
+    ) -> tuple[int, int, Ticket | None]:
+        """Delete every object whose name starts with ``prefix``, stored before sequence
+        ``before_sequence`` (0: any) and created before ``created_before_ns`` (None: any).
+
+        Returns how many were deleted, the last DELETE event's sequence and the
+        ticket of the commit that makes it durable (see ``put`` for ``wait``).
+        Works through the matches a chunk per hold of the lock, so other calls
+        go on meanwhile; objects stored after the call began are never touched.
+        """
+        validation.check_prefix(prefix, self.config.max_name_length)
+        if not (prefix or before_sequence or created_before_ns is not None or everything):
+            raise invalid("say what to delete (prefix, before_sequence, created_before), or all")
+        with self._lock:
+            bound = self._last_sequence + 1
+        if before_sequence:
+            bound = min(bound, before_sequence)
+        deleted = last = 0
+        ticket = None
+        after = 0
+        while True:
+            with self._lock:
+                self._check_open()
+                chosen, after, finished = self._table.select(
+                    prefix, after, bound, created_before_ns, _DELETE_CHUNK
+                )
+                if chosen:
+                    self._reserve_sequences(len(chosen))
+                    for obj in chosen:
+                        ticket = self._delete_locked(obj.object_id)
+                    deleted += len(chosen)
+                    last = self._last_sequence
+            if finished:
+                break
+        if wait:
+            self.await_durable(ticket)
+        return deleted, last, ticket
 
     def _delete_locked(self, object_id: bytes) -> Ticket | None:
         """Remove a stored object and record its DELETE event (sequences reserved)."""
@@ -434,7 +492,7 @@ class Store:
             if self._disk_full is not None:
                 log.info("commits succeed again: new objects are accepted")
                 self._disk_full = None
-            while self._uncommitted and self._uncommitted[0].meta.sequence <= sequence:
+            while self._uncommitted and self._uncommitted[0].sequence <= sequence:
                 obj = self._uncommitted.popleft()
                 obj.committing = False
                 self._resident.release_if_unused(obj)
@@ -621,26 +679,27 @@ class Store:
         return where the payload is."""
         with self._lock:
             if obj.deleted:
-                raise not_found(f"object {obj.meta.id.hex()} was deleted")
+                raise not_found(f"object {obj.object_id.hex()} was deleted")
             if (resident := obj.region) is not None:
                 self._resident.pin(obj)
                 self._resident.touch(obj)
                 return resident
-        region = self._allocate(obj.meta.size)
+        region = self._allocate(obj.size)
+        meta = obj.meta
         try:
             backend = self._backend
-            if backend is None or not backend.read_payload_into(obj.meta, region.view()):
-                raise not_found(f"object {obj.meta.id.hex()} was deleted")
+            if backend is None or not backend.read_payload_into(meta, region.view()):
+                raise not_found(f"object {obj.object_id.hex()} was deleted")
         except BaseException:
             self.discard(region)
             raise
         with self._lock:
             if obj.region is None and not obj.deleted:
-                self._resident.admit(obj, region)
+                self._resident.admit(obj, region, meta)
             else:
                 self._resident.free(region)
                 if obj.deleted:
-                    raise not_found(f"object {obj.meta.id.hex()} was deleted")
+                    raise not_found(f"object {obj.object_id.hex()} was deleted")
             self._resident.pin(obj)
             assert obj.region is not None  # resident and pinned: not evicted before unpinned
             return obj.region
@@ -698,16 +757,33 @@ class Store:
             return self._table.by_id(ref.id)
         return self._table.newest(ref.name)
 
-    def list(self, prefix: str, page_size: int, page_token: str) -> tuple[list[pb.ObjectMeta], str]:
-        """One page of objects whose name starts with ``prefix``, in sequence order."""
+    def list(self, prefix: str, page_size: int, page_token: str) -> pb.ListResponse:
+        """One page of objects whose name starts with ``prefix``, in sequence order.
+
+        The token is the last sequence returned, so a page resumes where the
+        previous one ended whatever was put or deleted meanwhile.
+        """
         validation.check_prefix(prefix, self.config.max_name_length)
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             raise invalid(f"page_token {page_token[:40]!r} is not one this server issued")
         after = int(page_token) if page_token else 0
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         with self._lock:
-            metas, more = self._table.page(prefix, after, limit)
-        return metas, str(metas[-1].sequence) if more else ""
+            if after > self._last_sequence:
+                raise invalid(f"page_token {page_token} is not one this server issued (its last"
+                              f" sequence is {self._last_sequence})")
+            objects, more = self._table.page(prefix, after, limit)
+        entries = list(map(_list_entry, objects))
+        room = self.config.max_response_size - _LIST_TOKEN_ROOM
+        if sum(map(len, entries)) > room:  # large labels: a shorter page
+            fitting = list(itertools.accumulate(map(len, entries)))
+            count = max(bisect.bisect_right(fitting, room), 1)
+            entries, objects, more = entries[:count], objects[:count], True
+        # The records are the page's ObjectMeta fields already encoded: parsed once, whole.
+        response = pb.ListResponse.FromString(b"".join(entries))
+        if more:
+            response.next_page_token = str(objects[-1].sequence)
+        return response
 
     def info(self) -> pb.InfoResponse:
         """What the server is, what it enforces and how much it holds."""
@@ -716,6 +792,7 @@ class Store:
             arena = self._resident.arena
             return pb.InfoResponse(
                 version=__version__,
+                store_id=self.store_id,
                 durability=_DURABILITY[config.durability],
                 limits=pb.Limits(
                     max_object_size=config.max_object_size,
@@ -727,6 +804,8 @@ class Store:
                     max_subscribers=config.max_subscribers,
                     subscriber_buffer=config.subscriber_buffer,
                     max_streams=config.max_streams,
+                    max_response_size=config.max_response_size,
+                    max_chunk_size=config.inline_limit,
                 ),
                 object_count=len(self._table),
                 total_bytes=self._table.total_bytes,
@@ -756,13 +835,21 @@ class Store:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def subscribe(self, prefix: str, since: int | None) -> Subscription:
-        """Events for names starting with ``prefix``: history from ``since``, then live.
+    def subscribe(
+        self, prefix: str, since: int | None, *, store_id: str = "", from_oldest: bool = False
+    ) -> Subscription:
+        """Events for names starting with ``prefix``: history from ``since`` (or from the
+        oldest retained), then live.
 
-        The iterator ends when closed; raises RESOURCE_EXHAUSTED (with where to
-        resume) if it falls behind, UNAVAILABLE when the store stops.
+        ``store_id``, when given, is the store the caller's ``since`` came from:
+        another one is FAILED_PRECONDITION, and a ``since`` this store never
+        issued is OUT_OF_RANGE, both naming this store. The iterator ends when
+        closed; raises RESOURCE_EXHAUSTED (with where to resume) if it falls
+        behind, UNAVAILABLE when the store stops.
         """
         validation.check_prefix(prefix, self.config.max_name_length)
+        if from_oldest and since is not None:
+            raise invalid("from_oldest replaces since_sequence: give one of them")
         with self._lock:
             self._check_open()
             if len(self._hub) >= self.config.max_subscribers:
@@ -771,8 +858,26 @@ class Store:
                     " (the server's max_subscribers)"
                 )
             last = self._last_sequence
+            oldest = self._events.oldest_sequence(last)
+            if store_id and store_id != self.store_id:
+                raise resume_impossible(
+                    Code.FAILED_PRECONDITION,
+                    f"this is store {self.store_id}, not {store_id}: its data started over, so"
+                    " its sequence numbers are not that store's; start again from a listing",
+                    self.store_id, oldest,
+                )
+            if from_oldest:
+                since = oldest
             if since is not None:
                 since = max(since, 1)
+                if since > last + 1:
+                    raise resume_impossible(
+                        Code.OUT_OF_RANGE,
+                        f"since_sequence {since} is beyond this store's last sequence {last}:"
+                        f" store {self.store_id} never issued it (a store whose data started"
+                        " over begins again at 1)",
+                        self.store_id, oldest,
+                    )
                 self._events.check_retained(since, last)
             subscriber = Subscriber(
                 prefix, since if since is not None else last + 1, self.config.subscriber_buffer
@@ -847,6 +952,24 @@ class Subscription:
 def _set_now(timestamp: Timestamp) -> None:
     """Set a Timestamp to now (Timestamp.GetCurrentTime goes through datetime: slower)."""
     timestamp.seconds, timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
+
+
+def _list_entry(obj: StoredObject) -> bytes:
+    """The object's metadata as ListResponse field 1 (objects), in wire format."""
+    return _OBJECTS_TAG + _varint(len(obj.record)) + obj.record
+
+
+_LIST_TOKEN_ROOM = 64  # a ListResponse's next_page_token field, at most
+_OBJECTS_TAG = bytes([(pb.ListResponse.OBJECTS_FIELD_NUMBER << 3) | 2])  # length-delimited
+
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value > 0x7F:
+        encoded.append((value & 0x7F) | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)
 
 
 def _exists(object_id: bytes) -> StoreError:

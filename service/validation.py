@@ -21,7 +21,7 @@ MAX_DURATION_SECONDS = 315_576_000_000
 _MAX_NANOS = 999_999_999
 
 # numpy's explicit dtype strings, e.g. "<f8", "|b1", "<M8[ns]", "|S16".
-_DTYPE_PATTERN = re.compile(r"[<>|=][biufcmMSUV]\d+(\[\w+\])?")
+_DTYPE_PATTERN = re.compile(r"[<>|][biufcmMSUV]\d+(\[\w+\])?")
 _KNOWN_ENCODINGS = frozenset(pb.Encoding.values()) - {pb.ENCODING_UNSPECIFIED}
 _KNOWN_ORDERS = frozenset(pb.ArrayOrder.values())
 

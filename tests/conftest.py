@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -24,9 +25,38 @@ from improv_store.service.launch import wait_until_serving
 from improv_store.service.locality import store_prefix
 
 START_TIMEOUT = 30.0
+NPM_TIMEOUT = 240
+NODE_HINT = "Node.js 20+ with npm is required (Debian: apt-get install nodejs npm)"
 
 
 _PORT_ATTEMPTS = 3
+
+
+def need_program(program: str, hint: str) -> str:
+    """The path of ``program``; fails the test (never skips it) when it is not on PATH."""
+    found = shutil.which(program)
+    if found is None:
+        pytest.fail(f"{program} is not on PATH: {hint}", pytrace=False)
+    return found
+
+
+def npm_ci(package_dir: Path) -> None:
+    """Install ``package_dir``'s node_modules exactly as its lock file says, from the npm
+    registry (or npm's cache when warm), once per version of the lock."""
+    npm = need_program("npm", NODE_HINT)
+    inputs = (package_dir / "package.json", package_dir / "package-lock.json")
+    stamp = package_dir / "node_modules" / ".improv-store-installed"
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in inputs)).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    install = subprocess.run(
+        [npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts"],
+        cwd=package_dir, capture_output=True, text=True, timeout=NPM_TIMEOUT, check=False,
+    )
+    if install.returncode != 0:
+        pytest.fail(f"npm ci in {package_dir} failed ({install.returncode}):\n"
+                    f"{install.stdout}\n{install.stderr}", pytrace=False)
+    stamp.write_text(digest)
 
 
 def free_port() -> int:

@@ -192,6 +192,7 @@ CALLS = [
     ("stream_unary", SERVICE + "PutStream"),
     ("stream_stream", SERVICE + "Session"),
     ("stream_stream", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+    ("stream_stream", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
 ]
 
 

@@ -390,7 +390,8 @@ def test_bad_array_layouts_are_invalid_argument(raw: Raw) -> None:
         "unknown encoding -1": (pb.ObjectSpec(encoding=-1), eight),
     }
     for dtype in ("float", "<x8", "", "O", "|O8", "<O8", "|O", "f8", "<f8 ", "<f3", "<i16",
-                  "<M8[foo]", "|V0", "<U0", "|S99999999999999999999", "<f8[ns]", "<<f8"):
+                  "<M8[foo]", "|V0", "<U0", "|S99999999999999999999", "<f8[ns]", "<<f8",
+                  "=f8", "=i4"):  # native order: a reader elsewhere could not tell which
         bad[f"dtype {dtype!r}"] = (array_spec(dtype, [1]), eight)
     good: dict[str, tuple[pb.ObjectSpec, bytes]] = {
         "<f8 (3,)": (array_spec("<f8", [3]), bytes(24)),
@@ -401,6 +402,8 @@ def test_bad_array_layouts_are_invalid_argument(raw: Raw) -> None:
         "|b1 order unset": (array_spec("|b1", [8], order=pb.ARRAY_ORDER_UNSPECIFIED), eight),
         "<M8[ns]": (array_spec("<M8[ns]", [1]), eight),
         "|S4": (array_spec("|S4", [2]), eight),
+        ">f8 big-endian": (array_spec(">f8", [1]), eight),
+        "<U1": (array_spec("<U1", [2]), eight),
     }
     before = stored_ids(raw.stub)
     cases: list[tuple[str, grpc.StatusCode, Callable[[], Any]]] = []

@@ -219,6 +219,26 @@ def test_rm(server: ServerProcess, store: StoreClient) -> None:
     assert store.get(keep) == b"kept"
 
 
+def test_rm_by_prefix_or_sequence(server: ServerProcess, store: StoreClient) -> None:
+    """``rm --prefix`` / ``--before-sequence`` delete every match in one call and print
+    the count; refs and match options together, or nothing to delete, are usage errors."""
+    for i in range(3):
+        store.put(b"x", f"cli_old/{i}")
+    kept = store.put(b"k", "cli_kept")
+    result = run_cli("rm", "--prefix", "cli_old/", address=server.unix_address)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "deleted 3 objects"
+    assert {info.id for info in store.list()} == {kept}
+    newer = store.put(b"n", "cli_newer")
+    before = store.info().last_sequence
+    result = run_cli("rm", "--before-sequence", str(before), address=server.unix_address)
+    assert result.stdout.decode().strip() == "deleted 1 objects"
+    assert {info.id for info in store.list()} == {newer}
+    for usage in (("rm",), ("rm", "cli_newer", "--prefix", "cli_")):
+        assert run_cli(*usage, address=server.unix_address).returncode == 2
+    assert {info.id for info in store.list()} == {newer}
+
+
 # -- info / health / watch ----------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from improv_store.service.commit_sync import SyncCommitter
 from improv_store.service.committer import CommitHooks, Committer, Ticket
 from improv_store.service.errors import StoreError
 from improv_store.service.lmdb_backend import LmdbBackend, disk_full
+from improv_store.v1 import store_pb2 as pb
 
 SETTLE_TIMEOUT = 10.0
 NEVER = 3600.0  # an interval that does not end during a test
@@ -489,8 +490,10 @@ def test_committed_changes_are_in_lmdb_after_a_restart(durability: str) -> None:
             recovered = backend.recover()
             assert recovered.last_sequence == 7
             kept = [*puts[1:], large]
-            assert [meta.id for meta in recovered.objects] == [c.stored[0].id for c in kept]
-            for meta, change in zip(recovered.objects, kept, strict=True):
+            metas = sorted(map(pb.ObjectMeta.FromString, recovered.records),
+                           key=lambda meta: meta.sequence)
+            assert [meta.id for meta in metas] == [c.stored[0].id for c in kept]
+            for meta, change in zip(metas, kept, strict=True):
                 payload = bytearray(meta.size)
                 assert backend.read_payload_into(meta, memoryview(payload))
                 assert bytes(payload) == bytes(change.stored[1])

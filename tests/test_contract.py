@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 SERVICE = "improv_store.v1.StoreService"
 CALL_TIMEOUT = 30.0
+KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -95,6 +96,8 @@ def test_reflection_describes_the_service(server: ServerProcess) -> None:
     local = descriptor_pb2.FileDescriptorProto()
     pb.DESCRIPTOR.CopyToProto(local)
     assert [m.name for m in service.method] == [m.name for m in local.service[0].method]
+    assert store_file.source_code_info.location  # reflection carries the comments
+    store_file.ClearField("source_code_info")
     assert store_file == local
 
 
@@ -165,7 +168,11 @@ def test_info_reports_version_durability_and_default_limits(server: ServerProces
     assert reply.durability == pb.DURABILITY_ASYNC
     limits = reply.limits
     assert limits.max_object_size == 2 * GiB
-    assert limits.inline_limit == 4 * MiB
+    # Every answer fits the 4 MiB a gRPC client receives by default; an inline payload
+    # leaves room in it for the largest metadata.
+    assert limits.max_response_size == 4 * MiB
+    assert limits.inline_limit == 4 * MiB - 128 * KiB
+    assert limits.max_chunk_size <= limits.max_response_size - KiB
     assert limits.max_name_length == 256
     assert limits.max_batch_size == 1024
     assert limits.max_message_size >= limits.inline_limit + MiB

@@ -8,6 +8,7 @@ directories are temporary.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import tempfile
@@ -17,7 +18,7 @@ from itertools import count
 import crc32c
 import pytest
 
-from improv_store.protocol import SHM_DIR, Code
+from improv_store.protocol import MAX_IDS_PER_MESSAGE, SHM_DIR, Code
 from improv_store.service.arena import Arena, remove_stale_segments
 from improv_store.service.config import ServerConfig
 from improv_store.service.errors import StoreError
@@ -62,12 +63,12 @@ def arena(shm_prefix: str) -> Iterator[Arena]:
 def stored(size: int = QUARTER, name: str = "") -> StoredObject:
     """A stored object's record, its payload not yet anywhere."""
     meta = pb.ObjectMeta(id=os.urandom(20), name=name, size=size, sequence=next(_sequences))
-    return StoredObject(meta=meta)
+    return StoredObject.of(meta)
 
 
 def resident(objects: ResidentSet, size: int = QUARTER) -> StoredObject:
     obj = stored(size)
-    objects.admit(obj, objects.allocate(size))
+    objects.admit(obj, objects.allocate(size), obj.meta)
     return obj
 
 
@@ -82,7 +83,7 @@ def test_the_table_finds_objects_by_id_and_the_newest_by_name() -> None:
     table = ObjectTable()
     older, other, newer = stored(10, "a"), stored(20, "b"), stored(30, "a")
     for obj in (older, other, newer):
-        table.add(obj)
+        table.add(obj, obj.name)
     assert len(table) == 3 and table.total_bytes == 60
     assert older.object_id in table and table.by_id(other.object_id) is other
     assert table.newest("a") is newer and table.newest("nothing") is None
@@ -98,12 +99,39 @@ def test_the_table_pages_by_prefix_in_sequence_order() -> None:
     table = ObjectTable()
     objects = [stored(1, name) for name in ("x/1", "y/1", "x/2", "x/3", "")]
     for obj in objects:
-        table.add(obj)
+        table.add(obj, obj.name)
     page, more = table.page("x/", 0, 2)
-    assert [meta.name for meta in page] == ["x/1", "x/2"] and more
+    assert [obj.name for obj in page] == ["x/1", "x/2"] and more
     page, more = table.page("x/", page[-1].sequence, 2)
-    assert [meta.name for meta in page] == ["x/3"] and not more
+    assert [obj.name for obj in page] == ["x/3"] and not more
     assert len(table.page("", 0, 100)[0]) == 5
+
+
+@pytest.mark.parametrize(("count", "page_sizes"), [(50, (1, 7, 1000)), (8000, (300, 1000))])
+def test_table_pages_resume_after_removals_and_match_prefixes_exactly(
+    count: int, page_sizes: tuple[int, ...]
+) -> None:
+    """Both ways of finding a prefix's objects (few names: merged from the name index;
+    many: the sequence order filtered) and the compaction of removed entries."""
+    table = ObjectTable()
+    names = ["a", "ab", "abc", "b", "", "a\U0010ffff", "a\U0010ffffz", "\U0010ffff", "é"]
+    # Mostly distinct names (8000 of them make "a" a prefix of too many names to merge),
+    # some shared.
+    objects = [stored(1, f"{names[i % len(names)]}{i if i % 5 else i % 7}") for i in range(count)]
+    for obj in objects:
+        table.add(obj, obj.name)
+    for obj in objects[::3]:
+        table.remove(obj.object_id)
+    kept = [obj for obj in objects if obj.object_id in table]
+    for prefix in ["", "a", "ab", "a\U0010ffff", "\U0010ffff", "é", "none"]:
+        for page_size in page_sizes:
+            listed, after, more = [], 0, True
+            while more:
+                page, more = table.page(prefix, after, page_size)
+                listed.extend(page)
+                after = page[-1].sequence if page else after
+            assert listed == [obj for obj in kept if obj.name.startswith(prefix)]
+    assert table.page("", objects[-1].sequence, 10) == ([], False)
 
 
 # -- residency --------------------------------------------------------------------------
@@ -427,3 +455,24 @@ def test_a_closed_store_is_unavailable(data_dir: str) -> None:
             store.get(by_id(meta.id))
         assert code_of(closing) == Code.UNAVAILABLE
 
+
+
+def test_a_crowded_name_keeps_every_event_and_answer_within_the_limit(data_dir: str) -> None:
+    """Replacing a name with more objects than a message may list deletes the oldest first,
+    each with its own DELETE event; the REPLACE lists the rest. Every object goes once."""
+    crowd = MAX_IDS_PER_MESSAGE + 3
+    with open_store(data_dir, "none", event_retention=2 * crowd, memory=64 * MiB) as store:
+        ids = [store.put(pb.ObjectSpec(name="crowded"), b"", wait=False).meta.id
+               for _ in range(crowd)]
+        last = store.info().last_sequence
+        replaced = store.put(pb.ObjectSpec(name="crowded"), b"new", replace=True)
+        assert replaced.replaced_ids == ids[3:]
+        subscription = store.subscribe("", last + 1)
+        events = list(itertools.islice(subscription, 4))
+        subscription.close()
+        assert [event.type for event in events] == [pb.EVENT_TYPE_DELETE] * 3 + [
+            pb.EVENT_TYPE_REPLACE]
+        assert [event.meta.id for event in events[:3]] == ids[:3]
+        assert list(events[3].replaced_ids) == ids[3:]
+        assert store.info().object_count == 1
+        assert store.get(pb.ObjectRef(name="crowded")).object_id == replaced.meta.id

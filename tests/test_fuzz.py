@@ -30,6 +30,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -239,6 +240,20 @@ REQUESTS: dict[str, st.SearchStrategy[Message]] = {
         ),
     ),
     "Delete": st.builds(pb.DeleteRequest, ref=refs),
+    # Under a prefix of its own, so the neighbour objects the checks read stay.
+    "DeleteMatching": st.one_of(
+        st.just(pb.DeleteMatchingRequest()),
+        st.builds(
+            pb.DeleteMatchingRequest,
+            prefix=names.map(lambda name: "fz-del/" + name),
+            before_sequence=st.one_of(st.just(0), st.integers(0, 300), u64),
+            created_before=st.none() | st.builds(
+                Timestamp, seconds=st.integers(-(2**40), 2**40),
+                nanos=st.integers(-(2**31), 2**31 - 1),
+            ),
+            all=st.booleans(),
+        ),
+    ),
     "List": st.builds(
         pb.ListRequest,
         prefix=names,

@@ -197,7 +197,7 @@ def test_probing_and_backward_shift_against_a_model(tmp_path: Any) -> None:
                 object_id, data = rng.randbytes(20), rng.randbytes(rng.randrange(1, 300))
                 region = arena.allocate(len(data))
                 region.view()[:] = data
-                index.publish(pb.ObjectMeta(id=object_id, size=len(data)), region)
+                index.publish(object_id, pb.ObjectMeta(id=object_id, size=len(data)), region)
                 regions[object_id] = region
                 model[object_id] = data
             for object_id, data in model.items():
@@ -237,7 +237,7 @@ def test_each_slot_carries_its_own_objects_layout() -> None:
             meta = pb.ObjectMeta(id=os.urandom(20))
             meta.MergeFrom(layout)
             region = arena.allocate(meta.size)
-            index.publish(meta, region)
+            index.publish(meta.id, meta, region)
             published.append((meta.id, layout))
         for object_id, layout in published:
             found = reader.read(object_id)

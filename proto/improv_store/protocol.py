@@ -26,14 +26,23 @@ ID_LENGTH = 20
 # Where POSIX shared memory segments live; a colocated client shares it with the server.
 SHM_DIR = "/dev/shm"
 
+# No response is larger: the receive limit gRPC clients have by default (C++, Go, Java,
+# grpc-js, .NET), so a client with default settings can make every call.
+MAX_RESPONSE_SIZE = 4 << 20
+# Most object IDs one message lists (DeleteResponse, ReplaceResponse, a REPLACE Event).
+MAX_IDS_PER_MESSAGE = 100_000
 # A payload up to this size travels in one message; larger ones go by the chunk streams.
-INLINE_LIMIT = 4 << 20
-# The largest gRPC message either end sends or accepts: an inline payload with room to spare.
+# The room it leaves below MAX_RESPONSE_SIZE holds the largest metadata (64 labels of
+# 1 KiB, a name, an array layout) and the message framing.
+INLINE_LIMIT = MAX_RESPONSE_SIZE - (128 << 10)
+# The largest gRPC message the server accepts (a BatchPut of many small objects).
 MAX_MESSAGE_SIZE = 32 << 20
 
 # Trailing metadata keys: where a subscriber resumes, and the oldest sequence retained.
 RESUME_SEQUENCE_TRAILER = "improv-store-resume-sequence"
 OLDEST_SEQUENCE_TRAILER = "improv-store-oldest-sequence"
+# ...and the ID of the store that answered a resume it cannot serve (InfoResponse.store_id).
+STORE_ID_TRAILER = "improv-store-store-id"
 
 
 class Code(enum.IntEnum):

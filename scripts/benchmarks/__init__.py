@@ -10,6 +10,7 @@ Only scripts/bench (the project's venv) imports the rest: ``results`` (the
 rows measured), ``servers`` (start, probe and stop the stores), ``calls``
 (one client, call after call), ``crossprocess`` (handoff and subscribe
 against improv-store and Redis), ``plasma`` (plasma_store and the worker),
-``durable``, ``server_memory``, ``report`` (machine, ratios, table, legend)
+``durable``, ``server_memory``, ``scale`` (100k to 1M objects: memory, listing,
+restart, batches, bulk delete, fan-out), ``report`` (machine, ratios, table, legend)
 and ``chart`` (the PNG).
 """

@@ -13,6 +13,12 @@ shared memory from 64 KiB, a zero-copy view), Plasma (shared memory) and
 Redis over its unix socket (it has no shared-memory path). Sizes measured
 call after call give their p50; the large object (one get, repeated) gives
 the median of its repeats.
+
+A run with the scale section adds a second panel, cost per object against N
+(log-log): the microseconds per object (``us_per_object`` of its rows) of
+the batched put and get, listing every object, the restart and the delete by
+sequence, improv-store solid and Redis dashed, at each N measured. A run of
+only the scale section draws only that panel.
 """
 
 from __future__ import annotations
@@ -32,6 +38,16 @@ SERIES = (
     ("plasma", "Plasma (shared memory)", "colocated", "s--", (6, -13), "left"),
     ("redis", "Redis (unix socket)", "unix", "^:", (-7, 3), "right"),
 )
+SCALE_ROW = re.compile(r"^scale [\d,]+: (.*)$")
+# (what the scale panel draws, the pattern of its rows' workload after "scale N: ", colour)
+SCALE_KINDS = (
+    ("batched put", re.compile(r"^batched put .*filling$"), "tab:blue"),
+    ("batched get", re.compile(r"^batched get "), "tab:orange"),
+    ("list every object", re.compile(r"^list every object$"), "tab:green"),
+    ("restart (async), until serving", re.compile(r"^restart \(async\)$"), "tab:red"),
+    ("delete by sequence", re.compile(r"^delete the older half"), "tab:purple"),
+)
+SCALE_STORES = (("improv-store", "o-"), ("redis", "^--"))
 
 
 def get_latencies(rows: list[dict[str, Any]], store: str,
@@ -58,6 +74,51 @@ def size_text(size: int) -> str:
     return f"{size} B"
 
 
+def scale_costs(rows: list[dict[str, Any]], store: str,
+                pattern: re.Pattern[str]) -> list[tuple[int, float]]:
+    """(N, µs per object) of one store's scale rows whose workload matches ``pattern``
+    (colocated or server transport: each store's best path on one machine), by N."""
+    points = {}
+    for row in rows:
+        match = SCALE_ROW.match(row["workload"])
+        if (match and pattern.search(match.group(1)) and row["store"] == store
+                and row["transport"] in ("colocated", "server")
+                and row.get("us_per_object") is not None and row.get("value") is not None):
+            points[row["objects"]] = row["us_per_object"]
+    return sorted(points.items())
+
+
+def draw_scale(axes: Any, rows: list[dict[str, Any]]) -> None:
+    """The panel "cost per object against N": one line per kind and store, log-log."""
+    from matplotlib.ticker import NullFormatter
+
+    counts: set[int] = set()
+    for kind, pattern, colour in SCALE_KINDS:
+        for store, style in SCALE_STORES:
+            points = scale_costs(rows, store, pattern)
+            if not points:
+                continue
+            xs = [count for count, _ in points]
+            counts.update(xs)
+            name = "improv-store" if store == "improv-store" else "Redis"
+            axes.plot(xs, [cost for _, cost in points], style, color=colour,
+                      label=f"{name}: {kind}", linewidth=1.4, markersize=5)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    ordered = sorted(counts)
+    if ordered:
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xticks(ordered, [f"{count:,}" for count in ordered])
+        axes.set_xlim(ordered[0] / 2, ordered[-1] * 2)
+    axes.set_xlabel("objects in the store, N (log)")
+    axes.set_ylabel("µs per object (log)")
+    axes.set_title("cost per object against N, log scale\n128 B objects, 1,000 per call;"
+                   " improv-store colocated (solid), Redis unix socket (dashed)", fontsize=9)
+    axes.grid(True, which="major", alpha=0.4)
+    axes.grid(True, which="minor", axis="y", alpha=0.15)
+    axes.legend(fontsize=7)
+
+
 def write_chart(report: dict[str, Any], path: Path) -> bool:
     """Draw the chart of a bench report to ``path``; False when matplotlib is missing."""
     try:
@@ -69,7 +130,22 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
     from matplotlib.ticker import NullFormatter, NullLocator
 
     rows = report["results"]
-    figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
+    has_scale = any(SCALE_ROW.match(row["workload"]) for row in rows)
+    has_latency = any(GET.match(row["workload"]) for row in rows)
+    if has_scale:
+        panels = 2 if has_latency else 1
+        figure, all_axes = plt.subplots(1, panels, figsize=(8 * panels, 5.5), dpi=120,
+                                        squeeze=False)
+        draw_scale(all_axes[0][-1], rows)
+        if not has_latency:
+            figure.tight_layout()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path)
+            plt.close(figure)
+            return True
+        axes = all_axes[0][0]
+    else:
+        figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
     sizes: set[int] = set()
     for store, label, transport, style, offset, align in SERIES:
         points = get_latencies(rows, store, transport)

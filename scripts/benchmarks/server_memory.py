@@ -25,7 +25,14 @@ from benchmarks.harness import (
     size_label,
 )
 from benchmarks.results import Results
-from benchmarks.servers import START_TIMEOUT, improv_client, settle, start_improv, start_redis
+from benchmarks.servers import (
+    START_TIMEOUT,
+    improv_client,
+    no_retry,
+    settle,
+    start_improv,
+    start_redis,
+)
 
 MEMORY_OBJECT_BYTES = 128
 
@@ -109,7 +116,8 @@ def bench_memory_redis(results: Results, workdir: Path, args: argparse.Namespace
     again = start_redis(workdir, "redis-mem2", False, stack, data_dir=workdir / "redis-mem-data",
                         poll=0.005)
     deadline = started + START_TIMEOUT
-    with contextlib.closing(redis.Redis(unix_socket_path=again.socket_path)) as client:
+    with contextlib.closing(redis.Redis(unix_socket_path=again.socket_path,
+                                        retry=no_retry())) as client:
         while True:
             with contextlib.suppress(redis.BusyLoadingError):
                 if client.dbsize() == count:

@@ -94,10 +94,10 @@ def _spawn(args: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], fl
 
 
 def _await_ready(server: Server, program: str, started: float, ready: Callable[[], bool],
-                 not_ready: str, poll: float) -> Server:
+                 not_ready: str, poll: float, timeout: float = START_TIMEOUT) -> Server:
     """Poll ``ready()`` until it holds (then set ``ready_s``); raise with the log's tail when
-    the process exits first or ``START_TIMEOUT`` passes."""
-    deadline = started + START_TIMEOUT
+    the process exits first or ``timeout`` passes."""
+    deadline = started + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"{program} exited with {server.process.returncode}:\n"
@@ -106,16 +106,17 @@ def _await_ready(server: Server, program: str, started: float, ready: Callable[[
             server.ready_s = time.monotonic() - started
             return server
         time.sleep(poll)
-    raise RuntimeError(f"{program} {not_ready} after {START_TIMEOUT} s:\n{server.log_tail()}")
+    raise RuntimeError(f"{program} {not_ready} after {timeout} s:\n{server.log_tail()}")
 
 
 def start_improv(workdir: Path, tag: str, durability: str, memory: int,
                  stack: contextlib.ExitStack, data_dir: Path | None = None,
-                 poll: float = 0.05) -> Server:
+                 poll: float = 0.05, timeout: float = START_TIMEOUT) -> Server:
     """Start ``python -m improv_store.service`` and wait until its health service says SERVING.
 
     ``data_dir`` (default ``<tag>-data``) may hold a previous server's data;
-    ``ready_s`` of the result is the time from the start until SERVING.
+    ``ready_s`` of the result is the time from the start until SERVING, which
+    may take ``timeout`` seconds.
     """
     socket_path = str(workdir / f"{tag}.sock")
     port = free_port()
@@ -132,15 +133,19 @@ def start_improv(workdir: Path, tag: str, durability: str, memory: int,
                     {"durability": durability, "memory": str(memory)})
     stack.callback(server.stop)
     return _await_ready(server, "improv-store", started, lambda: serving(socket_path),
-                        "not SERVING", poll)
+                        "not SERVING", poll, timeout)
 
 
 def start_redis(workdir: Path, tag: str, durable: bool, stack: contextlib.ExitStack,
-                data_dir: Path | None = None, poll: float = 0.05) -> Server:
+                data_dir: Path | None = None, poll: float = 0.05,
+                appendfsync: str = "always", timeout: float = START_TIMEOUT) -> Server:
     """Start redis-server on a free port and a unix socket; wait until it answers PING.
 
     ``data_dir`` (default ``<tag>-data``) may hold a previous server's
-    dump.rdb, which it then loads; ``ready_s`` is the time until PING.
+    dump.rdb (or, ``durable``, its AOF), which it then loads; ``ready_s`` is
+    the time until PING (at most ``timeout`` s). ``durable``: appendonly with
+    ``appendfsync``. The probe does not retry a PING refused while loading (redis-py
+    would, with a backoff of up to 1 s that would round ``ready_s`` up).
     """
     import redis
 
@@ -157,23 +162,32 @@ def start_redis(workdir: Path, tag: str, durable: bool, stack: contextlib.ExitSt
         "--logfile", "",
     ]
     if durable:
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--appendonly", "yes", "--appendfsync", appendfsync]
     else:
         args += ["--appendonly", "no"]
     process, started = _spawn(args, log_path)
     server = Server(REDIS, process, socket_path, port, log_path,
                     {"appendonly": "yes" if durable else "no",
-                     "appendfsync": "always" if durable else "n/a"})
+                     "appendfsync": appendfsync if durable else "n/a"})
     stack.callback(server.stop)
 
     def answers() -> bool:
         try:
-            with redis.Redis(unix_socket_path=socket_path, socket_timeout=1) as probe:
+            with redis.Redis(unix_socket_path=socket_path, socket_timeout=1,
+                             retry=no_retry()) as probe:
                 return bool(probe.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
 
-    return _await_ready(server, "redis-server", started, answers, "not answering", poll)
+    return _await_ready(server, "redis-server", started, answers, "not answering", poll, timeout)
+
+
+def no_retry() -> Any:
+    """A redis-py retry policy that does not retry: each call fails at once."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
 
 
 def plasma_store_executable(python: Path) -> Path | None:

@@ -36,6 +36,7 @@ class LaneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LANE_METHOD_BATCH_PUT: _ClassVar[LaneMethod]
     LANE_METHOD_OPEN: _ClassVar[LaneMethod]
     LANE_METHOD_SUBSCRIBE: _ClassVar[LaneMethod]
+    LANE_METHOD_DELETE_MATCHING: _ClassVar[LaneMethod]
 
 class Transfer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -83,6 +84,7 @@ LANE_METHOD_LIST: LaneMethod
 LANE_METHOD_BATCH_PUT: LaneMethod
 LANE_METHOD_OPEN: LaneMethod
 LANE_METHOD_SUBSCRIBE: LaneMethod
+LANE_METHOD_DELETE_MATCHING: LaneMethod
 TRANSFER_UNSPECIFIED: Transfer
 TRANSFER_INLINE: Transfer
 TRANSFER_SHM: Transfer
@@ -248,14 +250,18 @@ class GetResponse(_message.Message):
     def __init__(self, meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., payload_omitted: _Optional[bool] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
 
 class GetStreamRequest(_message.Message):
-    __slots__ = ("ref", "wait", "chunk_size")
+    __slots__ = ("ref", "wait", "chunk_size", "offset", "length")
     REF_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
     ref: ObjectRef
     wait: _duration_pb2.Duration
     chunk_size: int
-    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    offset: int
+    length: int
+    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_size: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class GetStreamResponse(_message.Message):
     __slots__ = ("meta", "chunk")
@@ -328,10 +334,32 @@ class DeleteRequest(_message.Message):
     def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
-    __slots__ = ("deleted_ids",)
+    __slots__ = ("deleted_ids", "deleted_count")
     DELETED_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
     deleted_ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, deleted_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    deleted_count: int
+    def __init__(self, deleted_ids: _Optional[_Iterable[bytes]] = ..., deleted_count: _Optional[int] = ...) -> None: ...
+
+class DeleteMatchingRequest(_message.Message):
+    __slots__ = ("prefix", "before_sequence", "created_before", "all")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    before_sequence: int
+    created_before: _timestamp_pb2.Timestamp
+    all: bool
+    def __init__(self, prefix: _Optional[str] = ..., before_sequence: _Optional[int] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class DeleteMatchingResponse(_message.Message):
+    __slots__ = ("deleted_count", "last_sequence")
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    deleted_count: int
+    last_sequence: int
+    def __init__(self, deleted_count: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class ReplaceRequest(_message.Message):
     __slots__ = ("spec", "data")
@@ -483,7 +511,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size", "max_subscribers", "subscriber_buffer", "max_streams")
+    __slots__ = ("max_object_size", "inline_limit", "max_name_length", "max_batch_size", "max_message_size", "shm_min_size", "max_subscribers", "subscriber_buffer", "max_streams", "max_response_size", "max_chunk_size")
     MAX_OBJECT_SIZE_FIELD_NUMBER: _ClassVar[int]
     INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_NAME_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -493,6 +521,8 @@ class Limits(_message.Message):
     MAX_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_BUFFER_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESPONSE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     max_object_size: int
     inline_limit: int
     max_name_length: int
@@ -502,7 +532,9 @@ class Limits(_message.Message):
     max_subscribers: int
     subscriber_buffer: int
     max_streams: int
-    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ..., max_subscribers: _Optional[int] = ..., subscriber_buffer: _Optional[int] = ..., max_streams: _Optional[int] = ...) -> None: ...
+    max_response_size: int
+    max_chunk_size: int
+    def __init__(self, max_object_size: _Optional[int] = ..., inline_limit: _Optional[int] = ..., max_name_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_size: _Optional[int] = ..., shm_min_size: _Optional[int] = ..., max_subscribers: _Optional[int] = ..., subscriber_buffer: _Optional[int] = ..., max_streams: _Optional[int] = ..., max_response_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ...) -> None: ...
 
 class ArenaUsage(_message.Message):
     __slots__ = ("capacity", "used", "pinned", "evictions", "segments", "sessions", "resident_objects")
@@ -523,7 +555,8 @@ class ArenaUsage(_message.Message):
     def __init__(self, capacity: _Optional[int] = ..., used: _Optional[int] = ..., pinned: _Optional[int] = ..., evictions: _Optional[int] = ..., segments: _Optional[int] = ..., sessions: _Optional[int] = ..., resident_objects: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token", "stats", "lane_socket", "object_index")
+    __slots__ = ("store_id", "version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token", "stats", "lane_socket", "object_index")
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -540,6 +573,7 @@ class InfoResponse(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     LANE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     OBJECT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    store_id: str
     version: str
     durability: Durability
     limits: Limits
@@ -556,7 +590,7 @@ class InfoResponse(_message.Message):
     stats: ServerStats
     lane_socket: str
     object_index: ObjectIndex
-    def __init__(self, version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ..., object_index: _Optional[_Union[ObjectIndex, _Mapping]] = ...) -> None: ...
+    def __init__(self, store_id: _Optional[str] = ..., version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ..., object_index: _Optional[_Union[ObjectIndex, _Mapping]] = ...) -> None: ...
 
 class ObjectIndex(_message.Message):
     __slots__ = ("name", "slots", "slot_size", "max_probe", "segment_prefix", "max_payload", "views")
@@ -595,16 +629,20 @@ class ServerStats(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., commits: _Optional[int] = ..., commit_seconds: _Optional[float] = ..., committed_changes: _Optional[int] = ..., subscriber_lag: _Optional[int] = ..., open_streams: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("prefix", "since_sequence", "transfer", "session_id")
+    __slots__ = ("prefix", "since_sequence", "transfer", "session_id", "store_id", "from_oldest")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_OLDEST_FIELD_NUMBER: _ClassVar[int]
     prefix: str
     since_sequence: int
     transfer: Transfer
     session_id: str
-    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    store_id: str
+    from_oldest: bool
+    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ..., store_id: _Optional[str] = ..., from_oldest: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("sequence", "type", "meta", "replaced_ids", "time")

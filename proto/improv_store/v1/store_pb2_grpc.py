@@ -70,6 +70,11 @@ class StoreServiceStub:
                 request_serializer=improv__store_dot_v1_dot_store__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=improv__store_dot_v1_dot_store__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.DeleteMatching = channel.unary_unary(
+                '/improv_store.v1.StoreService/DeleteMatching',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.DeleteMatchingRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.DeleteMatchingResponse.FromString,
+                _registered_method=True)
         self.Replace = channel.unary_unary(
                 '/improv_store.v1.StoreService/Replace',
                 request_serializer=improv__store_dot_v1_dot_store__pb2.ReplaceRequest.SerializeToString,
@@ -169,6 +174,16 @@ class StoreServiceServicer:
 
     def Delete(self, request, context):
         """Delete removes one object by ID, or every object carrying a name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMatching(self, request, context):
+        """DeleteMatching removes, in one call, every object that meets all the
+        request's conditions (a name prefix, stored before a sequence, created
+        before a time): a harvester's "drop everything older than S". Each
+        deleted object gets its DELETE event, as with Delete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +297,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=improv__store_dot_v1_dot_store__pb2.DeleteRequest.FromString,
                     response_serializer=improv__store_dot_v1_dot_store__pb2.DeleteResponse.SerializeToString,
+            ),
+            'DeleteMatching': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMatching,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.DeleteMatchingRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.DeleteMatchingResponse.SerializeToString,
             ),
             'Replace': grpc.unary_unary_rpc_method_handler(
                     servicer.Replace,
@@ -519,6 +539,33 @@ class StoreService:
             '/improv_store.v1.StoreService/Delete',
             improv__store_dot_v1_dot_store__pb2.DeleteRequest.SerializeToString,
             improv__store_dot_v1_dot_store__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMatching(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/DeleteMatching',
+            improv__store_dot_v1_dot_store__pb2.DeleteMatchingRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.DeleteMatchingResponse.FromString,
             options,
             channel_credentials,
             insecure,
