@@ -175,6 +175,17 @@ class ServerConfig:
         1024, "most refs in a BatchGet or items in a BatchPut; more is INVALID_ARGUMENT"
     )
     event_retention: int = option(100_000, "events kept for Subscribe replay")
+    expire_after: float = option(
+        0.0,
+        "delete objects older than this many seconds (each with its DELETE event), checked"
+        " every second; 0: keep them",
+    )
+    max_stored_bytes: int = option(
+        0,
+        "when the stored payloads exceed this, delete the oldest objects until they take"
+        " three quarters of it (what improv's harvester did); 0: no limit",
+        parse=parse_size,
+    )
     subscriber_buffer: int = option(10_000, "events buffered per subscriber before it is cut off")
     max_subscribers: int = option(64, "concurrent Subscribe streams; more is RESOURCE_EXHAUSTED")
     max_streams: int = option(
@@ -244,6 +255,8 @@ class ServerConfig:
             raise ValueError("commit_interval and log_apply_interval must be positive")
         if self.wal_size < 0:
             raise ValueError("wal_size must be 0 (off) or positive")
+        if self.expire_after < 0 or self.max_stored_bytes < 0:
+            raise ValueError("expire_after and max_stored_bytes must be 0 (off) or positive")
         if self.event_retention < 1 or self.subscriber_buffer < 1:
             raise ValueError("event_retention and subscriber_buffer must be at least 1")
         slots = self.index_slots

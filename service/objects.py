@@ -234,6 +234,16 @@ class ObjectTable:
                 chosen.append(obj)
         return chosen, last, True
 
+    def sequence_freeing(self, amount: int) -> int:
+        """The sequence before which the oldest objects' payloads add up to ``amount`` bytes
+        or more (one past the newest object when all of them do not)."""
+        freed = 0
+        for obj in self._after(0):
+            freed += obj.size
+            if freed >= amount:
+                return obj.sequence + 1
+        return self._sequences[-1] + 1 if self._sequences else 0
+
     def _after(self, after_sequence: int) -> Iterator[StoredObject]:
         order = self._order
         for position in range(bisect_right(self._sequences, after_sequence), len(order)):

@@ -25,6 +25,7 @@ from .config import ServerConfig
 from .handlers import Handlers
 from .lane import LaneServer
 from .metrics import StoreMetrics
+from .reaper import Reaper
 from .servicer import add_to_server
 from .store import Store
 from .web import WebServer
@@ -46,6 +47,10 @@ class StoreServer:
         self.metrics = StoreMetrics()
         self.store = Store(config, observe_commit=self.metrics.observe_commit)
         self.metrics.watch(self.store.info, self.store.subscriber_lag)
+        self.reaper: Reaper | None = None
+        if config.expire_after or config.max_stored_bytes:
+            self.reaper = Reaper(self.store, expire_after=config.expire_after,
+                                 max_stored_bytes=config.max_stored_bytes)
         options = [
             ("grpc.max_receive_message_length", config.max_message_size),
             # Every response fits a client's default receive limit; a larger one is a bug.
@@ -144,6 +149,8 @@ class StoreServer:
             self.lane.start()
         if self.web is not None:
             self.web.start()
+        if self.reaper is not None:
+            self.reaper.start()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
             self.addresses.append(f"http://{self.config.metrics_listen}/metrics")
@@ -164,6 +171,8 @@ class StoreServer:
         self._health.enter_graceful_shutdown()
         if self.lane is not None:
             self.lane.stop()
+        if self.reaper is not None:
+            self.reaper.stop()
         self.store.begin_shutdown()
         if self.web is not None:
             self.web.close()  # after the store's shutdown began: subscribers hear UNAVAILABLE

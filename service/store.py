@@ -437,6 +437,15 @@ class Store:
             self.await_durable(ticket)
         return deleted, last, ticket
 
+    def sequence_freeing_to(self, limit: int, target: int) -> int:
+        """When the stored payloads take more than ``limit`` bytes: the sequence before
+        which deleting every object leaves at most ``target`` bytes; else 0."""
+        with self._lock:
+            total = self._table.total_bytes
+            if total <= limit:
+                return 0
+            return self._table.sequence_freeing(total - target)
+
     def _delete_locked(self, object_id: bytes) -> Ticket | None:
         """Remove a stored object and record its DELETE event (sequences reserved)."""
         removed = self._table.remove(object_id)
