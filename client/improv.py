@@ -16,12 +16,14 @@ nexus passes) or ``host:port``. Start a server the way nexus started
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -488,6 +490,190 @@ def _key_bytes(key: Any) -> bytes:
     if binary is not None:
         return binary()
     raise TypeError(f"cannot use {type(key).__name__} as an LMDB key")
+
+
+# improv's RedisStoreInterface default: zlib's own default level (6).
+ZLIB_COMPRESSION_LEVEL = -1
+# improv's Redis client retried 5 times, 0.25 s apart, before giving up.
+REDIS_CONNECT_RETRIES = 5
+REDIS_CONNECT_RETRY_DELAY = 0.25
+REDIS_HEALTH_TIMEOUT = 1.0
+
+
+class RedisStoreInterface(StoreInterface):
+    """improv's Redis-era store interface (``improv.store.RedisStoreInterface``), on improv-store.
+
+    ``put(obj)`` returns a string key; ``get(key)``, ``get_list(keys)`` and
+    ``get_all()`` read values back. The key is the stored object's ObjectID in
+    hex, so any improv-store client reads it with ``ObjectID.from_hex(key)``.
+    numpy arrays are stored as arrays: a colocated reader gets a read-only view
+    on the store's shared memory, no copy. Anything else is pickled and, as
+    improv does, zlib-compressed at ``compression_level`` (-1 is zlib's
+    default, 0 stores uncompressed zlib data; ``None``, beyond improv, skips
+    zlib so that arrays inside containers are read in place too).
+
+    The store is ``hostname:server_port_num`` over TCP, where improv's nexus
+    started ``redis-server``, unless ``address`` (a unix socket path,
+    ``unix:///path`` or ``host:port``) is given. A client on the server's host
+    uses shared memory over either. Objects are not named; the server's
+    ``--max-stored-bytes`` and ``--expire-after`` do the harvester's job.
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        server_port_num: int | str | None = 6379,
+        hostname: str = "localhost",
+        compression_level: int | None = ZLIB_COMPRESSION_LEVEL,
+        *,
+        address: str | None = None,
+    ) -> None:
+        if compression_level is not None and not -1 <= compression_level <= 9:
+            raise ValueError(f"compression_level must be -1 to 9 or None, not {compression_level}")
+        self.name = name
+        self.server_port_num = server_port_num
+        self.hostname = hostname
+        self.compression_level = compression_level
+        self.address = address
+        self._batch_size = 0  # the server's max_batch_size, learnt on connecting
+        self.client = self.connect_to_server()
+
+    def _target(self) -> str | None:
+        """The address to connect to, or None when the port is not a port."""
+        if self.address is not None:
+            return store_address(self.address)
+        if self.server_port_num is None:
+            return None
+        try:
+            port = int(self.server_port_num)
+        except ValueError:
+            return None
+        if not 0 < port < 65536:
+            return None
+        host = self.hostname
+        if ":" in host and not host.startswith("["):  # an IPv6 literal
+            host = f"[{host}]"
+        return f"{host}:{port}"
+
+    def connect_to_server(self) -> StoreClient:
+        """Connect to the store, retrying as improv's Redis client did; returns the client.
+
+        Raises CannotConnectToStoreInterfaceError (naming the port, or
+        ``address`` when given) if no store answers.
+        """
+        where = self.address if self.address is not None else self.server_port_num
+        target = self._target()
+        if target is None:
+            logger.error("Cannot connect to store at %s: not a port", where)
+            raise CannotConnectToStoreInterfaceError(where)
+        client = StoreClient(target)
+        for attempt in range(REDIS_CONNECT_RETRIES + 1):
+            try:
+                if client.health(timeout=REDIS_HEALTH_TIMEOUT) == "SERVING":
+                    self._batch_size = client.info().max_batch_size
+                    break
+            except StoreError as exc:
+                logger.debug("store at %s not answering yet: %s", target, exc.message)
+            if attempt == REDIS_CONNECT_RETRIES:
+                client.close()
+                logger.error("Cannot connect to store at %s", target)
+                raise CannotConnectToStoreInterfaceError(where)
+            time.sleep(REDIS_CONNECT_RETRY_DELAY)
+        logger.info("Successfully connected to store at %s", target)
+        self.client = client
+        return client
+
+    def put(self, object: Any) -> str:
+        """Store ``object`` under a new key and return the key.
+
+        Raises the client's StoreError (StoreFull, say) if the store refuses it.
+        """
+        stored = object
+        if self.compression_level is not None and not isinstance(object, np.ndarray):
+            data = pickle.dumps(object, protocol=5)
+            stored = _Compressed(zlib.compress(data, self.compression_level))
+        return self.client.put(stored).hex()
+
+    def get(self, object_key: str) -> Any:
+        """The value stored under ``object_key``. Raises ObjectNotFoundError if there is none."""
+        try:
+            return self.client.get(_redis_key_id(object_key))
+        except ObjectNotFound:
+            logger.warning("Object %s cannot be found.", object_key)
+            raise ObjectNotFoundError(object_key) from None
+
+    def get_list(self, ids: list[str]) -> list[Any]:
+        """The values stored under ``ids``, in order, in as few round trips as the server allows.
+
+        Raises ObjectNotFoundError for the first key with no value.
+        """
+        keys = list(ids)
+        try:
+            return self._get_many([_redis_key_id(key) for key in keys])
+        except ObjectNotFound:
+            return [self.get(key) for key in keys]  # raises for the first missing key
+
+    def get_all(self) -> list[Any]:
+        """Every value in the store, oldest first; objects deleted meanwhile are left out."""
+        object_ids = [info.id for info in self.client.list()]
+        try:
+            return self._get_many(object_ids)
+        except ObjectNotFound:  # the server's cleanup deleted some since the listing
+            values = []
+            for object_id in object_ids:
+                with contextlib.suppress(ObjectNotFound):
+                    values.append(self.client.get(object_id))
+            return values
+
+    def _get_many(self, object_ids: list[ObjectID]) -> list[Any]:
+        """get_many in batches the server accepts."""
+        size = self._batch_size or max(len(object_ids), 1)
+        values: list[Any] = []
+        for start in range(0, len(object_ids), size):
+            values.extend(self.client.get_many(object_ids[start : start + size]))
+        return values
+
+    def reset(self) -> None:
+        """Reset client connection: connect anew.
+
+        The old connection is left open, not closed, so that arrays read
+        through it stay valid (closing gives their shared memory back).
+        """
+        self.client = self.connect_to_server()
+        logger.debug("Reset local connection to store at %s", self._target())
+
+
+def _redis_key_id(key: str | ObjectID) -> ObjectID:
+    """The ObjectID a RedisStoreInterface key names; ObjectNotFoundError if it names none."""
+    if isinstance(key, ObjectID):
+        return key
+    try:
+        return ObjectID.from_hex(key)
+    except (TypeError, ValueError):
+        raise ObjectNotFoundError(key) from None
+
+
+def _inflate(data: bytes) -> Any:
+    """The value RedisStoreInterface.put stored compressed; pickle calls it on load.
+
+    Stored pickles name this function: keep its module and name.
+    """
+    return pickle.loads(zlib.decompress(data))
+
+
+class _Compressed:
+    """A value pickled and zlib-compressed, which unpickles to the value itself.
+
+    So any improv-store client's ``get`` returns the original value.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (_inflate, (self.data,))
 
 
 StoreInterface = PlasmaStoreInterface  # type: ignore[misc]  # as in improv.store

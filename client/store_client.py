@@ -43,6 +43,8 @@ _OFF = ("0", "off", "no")  # environment values that turn a default-on setting o
 # put_many packs up to _PUT_BATCH objects of at most _BATCH_ITEM_LIMIT bytes per
 # message, which keeps every BatchPut under the server's 32 MiB message limit.
 _PUT_BATCH = 256
+# get_many asks for at most this many objects per BatchGet: the server's default limit.
+_GET_BATCH = 1024
 _BATCH_ITEM_LIMIT = 64 << 10
 TRANSFER_MODES = ("auto", "shm", "inline")
 # Statuses that mean the session a request named is gone: renew it and retry once.
@@ -448,10 +450,11 @@ class StoreClient:
         return route.colocated.maps.release_now(exporter)
 
     def get_many(self, refs: Iterable[Ref], *, timeout: float | None = None) -> list[Any]:
-        """Several objects in one round trip, in the order asked; raises for the first missing.
+        """Several objects in few round trips, in the order asked; raises for the first missing.
 
         Colocated, they are read from the server's object index up to the first it
-        cannot serve; that one and the rest come in one BatchGet.
+        cannot serve; that one and the rest come in BatchGets of up to 1,024 (the
+        server's default max_batch_size).
         """
         refs = list(refs)
         colocated = self._route().colocated
@@ -465,6 +468,14 @@ class StoreClient:
             else:
                 return found
             refs = refs[len(found) :]
+        for start in range(0, len(refs), _GET_BATCH):
+            found.extend(self._batch_get(refs[start : start + _GET_BATCH], timeout, colocated))
+        return found
+
+    def _batch_get(
+        self, refs: list[Ref], timeout: float | None, colocated: Colocated | None
+    ) -> list[Any]:
+        """One BatchGet of ``refs``, decoded."""
         transfer = colocated.transfer if colocated is not None else pb.TRANSFER_INLINE
         batch = pb.BatchGetRequest(wait=_duration(timeout), transfer=transfer)
         add = batch.refs.add
@@ -479,7 +490,7 @@ class StoreClient:
             return batch
 
         response, session = self._call_with_session("BatchGet", request, timeout or 0.0)
-        objects = found
+        objects = []
         for result in response.results:
             if result.code:
                 raise error_for(status_code(result.code), result.message)

@@ -245,8 +245,11 @@ class LaneTransport(Transport[Lane]):
         self._on_open = on_open
 
     def call(self, rpc: str, request: Message, extra_time: float = 0.0) -> Any:
+        """By the lane, except a call that may wait (a get with a timeout): that goes by
+        gRPC, so it does not hold up the client's other threads behind the lane, which
+        carries one call at a time (its session ID is valid on either)."""
         lane_call = LANE_CALL_OF_RPC.get(rpc)
-        if lane_call is None:
+        if lane_call is None or extra_time > 0:
             return self._grpc.call(rpc, request, extra_time)
         for attempt in range(2):
             lane = self.session(probe=False)

@@ -89,13 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     without waiting for worker threads of calls that outlived the shutdown
     grace period (interpreter exit would join them, possibly forever).
     """
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter()
-        if args.log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=args.log_level, handlers=[handler])
+    configure_logging(args.log_format, args.log_level)
     try:
         config = config_from_args(args)
     except ValueError as exc:
@@ -106,6 +100,17 @@ def serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """Log to stderr in the server's format (``text`` or ``json``) from ``level`` up."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 class JsonFormatter(logging.Formatter):

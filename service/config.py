@@ -199,8 +199,9 @@ class ServerConfig:
     )
     memory: int | None = option(
         None,
-        "shared memory for objects, e.g. 4G; start-up says what to do when /dev/shm is too"
-        " small (a container's default is 64 MB: run it with --shm-size)",
+        "shared memory for objects, e.g. 4G, at least 4M (less is rounded up, with a warning);"
+        " start-up says what to do when /dev/shm is too small (a container's default is"
+        " 64 MB: run it with --shm-size)",
         parse=parse_size,
         shown="half of free /dev/shm",
     )

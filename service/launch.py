@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -72,10 +74,11 @@ def launch(
     """Start a server on the unix socket ``store_loc`` and wait until it is SERVING.
 
     ``size`` is the shared memory in bytes (plasma_store's ``-m``; default:
-    half of free /dev/shm). Data goes to ``data_dir`` (default
-    ``<store_loc>.data``). No TCP listener is opened. The server's log is
-    appended to ``log_path`` (default: an anonymous temporary file). Raises
-    RuntimeError, with the server's own message, if it does not come up.
+    half of free /dev/shm; less than 4 MiB is rounded up). Data goes to
+    ``data_dir`` (default ``<store_loc>.data``). No TCP listener is opened.
+    The server's log is appended to ``log_path`` (default: an anonymous
+    temporary file). Raises RuntimeError, quoting what the server logged, if
+    it does not come up, or if another server is serving at ``store_loc``.
     """
     data_dir = data_dir or f"{store_loc}.data"
     command = [
@@ -87,12 +90,13 @@ def launch(
         command += ["--memory", str(int(size))]
     command += list(extra_args)
     # A file, not a pipe: nobody reads the log after start-up, and a full pipe
-    # would block the server.
-    with open(log_path, "ab") if log_path else tempfile.TemporaryFile() as log_file:
+    # would block the server. Readable too ("a+b"): a failed start quotes it.
+    with open(log_path, "a+b") if log_path else tempfile.TemporaryFile() as log_file:
+        this_run = os.fstat(log_file.fileno()).st_size  # where this server's lines begin
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             address = "unix:" + os.path.abspath(store_loc)
-            wait_until_serving(process, address, timeout, lambda: _tail(log_file))
+            wait_until_serving(process, address, timeout, lambda: _tail(log_file, this_run))
         except BaseException:
             if process.poll() is None:
                 process.kill()
@@ -106,10 +110,16 @@ def wait_until_serving(
 ) -> None:
     """Poll the standard health service at ``address`` until SERVING.
 
-    Raises RuntimeError with ``output()`` (what the server wrote) if the
-    process exits first, or when ``timeout`` seconds pass.
+    On a unix socket the server that answers must be ``process`` itself: an
+    older server still holding the socket answers health checks too, while
+    the new process fails to bind. Raises RuntimeError with ``output()``
+    (what the server wrote) if the process exits first, if another process
+    serves the socket, or when ``timeout`` seconds pass.
     """
     deadline = time.monotonic() + timeout
+    unix_path = address.removeprefix("unix://").removeprefix("unix:")
+    if unix_path == address:
+        unix_path = ""  # TCP: no listener PID to ask the kernel for
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
@@ -117,17 +127,60 @@ def wait_until_serving(
                 raise RuntimeError(f"improv-store exited with {process.returncode}: {output()}")
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
+                reply = None
+            if reply is not None and reply.status == health_pb2.HealthCheckResponse.SERVING:
+                server = serving_pid(unix_path) if unix_path else process.pid
+                if server is not None and _descends_from(server, process.pid):
+                    return
+                if server is not None:
+                    raise RuntimeError(
+                        f"another improv-store server (pid {server}) is serving at"
+                        f" {unix_path}; stop it or choose another socket"
+                    )
             time.sleep(0.05)
     raise RuntimeError(f"improv-store did not answer on {address} within {timeout} s: {output()}")
 
 
-def _tail(log_file: BinaryIO, limit: int = 4000) -> str:
-    """The end of what the server wrote, for an error message."""
-    log_file.flush()
-    log_file.seek(0, os.SEEK_END)
-    log_file.seek(max(0, log_file.tell() - limit))
-    return log_file.read().decode(errors="replace").strip()
+def serving_pid(socket_path: str) -> int | None:
+    """The ID of the process listening on the unix socket, or None if nothing listens.
+
+    The kernel records the listener's credentials (SO_PEERCRED), so this
+    names the server without asking it anything.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(socket_path)
+        except OSError:
+            return None
+        credentials = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, _uid, _gid = _UCRED.unpack(credentials)
+    return int(pid)
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``pid`` is ``ancestor`` or its descendant (a wrapper may fork the server)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
+def _tail(log_file: BinaryIO, this_run: int, limit: int = 4000) -> str:
+    """The end of what the server wrote after offset ``this_run``, for an error message.
+
+    A positional read: the server may share the file's offset (an anonymous
+    temporary file is not opened for appending), so it must not move.
+    """
+    end = os.fstat(log_file.fileno()).st_size
+    start = max(this_run, end - limit)
+    return os.pread(log_file.fileno(), end - start, start).decode(errors="replace").strip()

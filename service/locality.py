@@ -35,7 +35,10 @@ def store_prefix(data_dir: str) -> str:
 
 
 def arena_capacity(requested: int | None) -> int:
-    """The arena size to use, checked against free /dev/shm with an actionable message."""
+    """The arena size to use, checked against free /dev/shm with an actionable message.
+
+    A request below MIN_ARENA is rounded up to it, with a warning, not refused.
+    """
     free = shm_free_bytes()
     advice = (
         "Give the store more shared memory (docker/podman: --shm-size=2g, or --ipc=host;"
@@ -56,7 +59,12 @@ def arena_capacity(requested: int | None) -> int:
             )
         return capacity
     if requested < MIN_ARENA:
-        raise RuntimeError(f"--memory must be at least {MIN_ARENA / 2**20:.0f} MiB")
+        # plasma_store took any size, and improv starts stores of a few kilobytes.
+        log.warning(
+            "--memory %d bytes is below the arena's minimum; using %d bytes (%.0f MiB)",
+            requested, MIN_ARENA, MIN_ARENA / 2**20,
+        )
+        requested = MIN_ARENA
     if requested > free:
         raise RuntimeError(
             f"--memory asks for {requested / 2**20:.1f} MiB of shared memory but {SHM_DIR} has"

@@ -238,11 +238,6 @@ def test_lmdb_load_reopens_and_delete_missing_raises(tmp_path: Path) -> None:
 # -- launch helper and the example pipeline --------------------------------------------------
 
 
-def test_launch_reports_why_it_failed(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="--memory must be at least"):
-        launch(str(tmp_path / "s"), size=1000)
-
-
 def test_launch_stops_cleanly(tmp_path: Path) -> None:
     store_loc = str(tmp_path / "store")
     server = launch(store_loc, 64 << 20)

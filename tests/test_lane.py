@@ -11,6 +11,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -137,6 +138,22 @@ def test_colocated_clients_use_the_lane(server: Any) -> None:
         ids = store.put_many([b"first", b"call"])  # a batch as the first call: lane too
         assert observer.info().sessions == 1
         assert store.get_many(ids) == [b"first", b"call"]
+
+
+def test_a_waiting_get_does_not_hold_up_the_clients_other_calls(server: Any) -> None:
+    """The lane carries one call at a time, so a get that waits for its object goes by gRPC
+    (with the lane's session, for a value in shared memory) and other threads go on."""
+    with server.client() as store:
+        assert store.colocated and lane_in_use(store)
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(store.get("late", timeout=30)))
+        waiter.start()
+        for i in range(20):  # while the get waits
+            store.put(b"meanwhile", name=f"other/{i}")
+        assert waiter.is_alive() and not got
+        store.put(np.arange(5), name="late")
+        waiter.join(30)
+    assert (got[0] == np.arange(5)).all()
 
 
 def test_raw_lane_calls_and_statuses(server: Any) -> None:

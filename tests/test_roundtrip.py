@@ -177,6 +177,13 @@ def test_large_bytes_and_pickles_stream(store: StoreClient) -> None:
     assert store.get_many([store.put(blob)]) == [blob]
 
 
+def test_get_many_of_more_objects_than_one_batch_holds(server: Any) -> None:
+    """get_many splits what it asks for into BatchGets the server accepts (1,024 each)."""
+    with server.client(transfer="inline") as store:
+        ids = store.put_many([i.to_bytes(2, "little") for i in range(2500)])
+        assert store.get_many(ids) == [i.to_bytes(2, "little") for i in range(2500)]
+
+
 def test_names_replace_delete_list(store: StoreClient) -> None:
     """Get by name returns the newest; replace drops older ones; delete by name drops all."""
     first = store.put(1, name="params")
