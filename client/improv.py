@@ -21,6 +21,8 @@ import logging
 import os
 import pickle
 import queue
+import re
+import struct
 import threading
 import time
 import zlib
@@ -116,9 +118,11 @@ class PlasmaStoreInterface(StoreInterface):
 
     Objects are stored with object IDs. References to objects are kept in a
     dict (``stored``) where the key is a short name and the value the ID.
-    With ``use_lmdb``, every put is also recorded in an LMDBStoreInterface
-    (improv's hard-disk side recording), which ``getID(..., hdd_only=True)``
-    reads back.
+    With ``use_hdd`` set (by ``_setup_LMDB``, or ``use_lmdb``/``use_hdd`` in
+    the constructor), every put is also recorded in an LMDBStoreInterface
+    (improv's hard-disk side recording), which ``getID`` falls back on and
+    ``getID(..., hdd_only=True)`` reads alone; setting ``use_hdd`` to False
+    stops both, as improv's replayer does.
     """
 
     def __init__(
@@ -131,20 +135,43 @@ class PlasmaStoreInterface(StoreInterface):
         hdd_maxstore: float = 1e12,
         flush_immediately: bool = False,
         commit_freq: float = 1,
+        use_hdd: bool = False,
     ) -> None:
         self.name = name
         self.store_loc = store_loc
+        self._subscription: _Subscription | None = None
+        self._notifications: queue.SimpleQueue[tuple[ObjectID, int, int]] = queue.SimpleQueue()
+        self.client = self.connect_store(store_loc)
         self.stored: dict[str, ObjectID] = {}
-        self.use_lmdb = use_lmdb
+        self.use_hdd = False
+        self.flush_immediately = flush_immediately
         self.lmdb_store: LMDBStoreInterface | None = None
+        if use_lmdb or use_hdd:  # improv's nexus passes use_hdd=True
+            self._setup_LMDB(
+                True, lmdb_path, lmdb_name, hdd_maxstore, flush_immediately, commit_freq
+            )
+
+    def _setup_LMDB(
+        self,
+        use_lmdb: bool = False,
+        lmdb_path: str = "../outputs/",
+        lmdb_name: str | None = None,
+        hdd_maxstore: float = 1e12,
+        flush_immediately: bool = False,
+        commit_freq: float = 1,
+    ) -> None:
+        """Set ``use_hdd`` to ``use_lmdb`` and, if true, open the LMDB recording, as improv does.
+
+        ``hdd_maxstore`` bounds the LMDB map; ``commit_freq`` is the commit
+        thread's period in seconds unless ``flush_immediately``.
+        """
+        self.use_hdd = use_lmdb
+        self.flush_immediately = flush_immediately
         if use_lmdb:
             self.lmdb_store = LMDBStoreInterface(
                 path=lmdb_path, name=lmdb_name, max_size=hdd_maxstore,
                 flush_immediately=flush_immediately, commit_freq=commit_freq,
             )
-        self._subscription: _Subscription | None = None
-        self._notifications: queue.SimpleQueue[tuple[ObjectID, int, int]] = queue.SimpleQueue()
-        self.client = self.connect_store(store_loc)
 
     def connect_store(self, store_loc: str) -> StoreClient:
         """Connect to the store at store_loc, max 20 retries to connect.
@@ -177,9 +204,17 @@ class PlasmaStoreInterface(StoreInterface):
         scipy sparse matrices included.
         """
         object_id = self.client.put(object, name=object_name)
-        if self.lmdb_store is not None and self.use_lmdb:
+        if self.use_hdd and self.lmdb_store is not None:
             self.lmdb_store.put(object, object_name, obj_id=object_id)
         return object_id
+
+    def _put(self, obj: Any, id: ObjectID | bytes) -> ObjectID:
+        """Internal put: store ``obj`` under the chosen ``id`` (from random_ObjectID), unnamed.
+
+        Not recorded to LMDB, as in improv. Raises the client's ObjectExists
+        (where Plasma raised PlasmaObjectExists) if the ID is taken.
+        """
+        return self.client.put(obj, id=_as_id(id))
 
     def get(self, object_name: str) -> Any:
         """Get a single object from the store by object name.
@@ -200,6 +235,7 @@ class PlasmaStoreInterface(StoreInterface):
     def getID(self, obj_id: ObjectID | bytes, hdd_only: bool = False) -> Any:
         """Get object by object ID; from the LMDB recording only with ``hdd_only``.
 
+        The recording is read only while ``use_hdd`` is set, as in improv.
         Raises ObjectNotFoundError if the ID is not found.
         """
         if not hdd_only:
@@ -207,13 +243,25 @@ class PlasmaStoreInterface(StoreInterface):
                 return self.client.get(_as_id(obj_id))
             except ObjectNotFound:
                 pass
-        if self.lmdb_store is not None:
+        if self.use_hdd and self.lmdb_store is not None:
             try:
                 return self.lmdb_store.get(_as_id(obj_id))
             except ObjectNotFoundError:
                 pass
         logger.error("Unable to locate object: %s in store", obj_id)
         raise ObjectNotFoundError(obj_id)
+
+    def _get(self, object_name: str) -> Any:
+        """Get an object by a name recorded with updateStoreInterfaced (its ID is known).
+
+        Raises ObjectNotFoundError naming ``object_name`` if the name was never
+        recorded, or naming the ID if its object is gone.
+        """
+        object_id = self.stored.get(object_name)
+        if object_id is None:
+            logger.warning("Object %s cannot be found.", object_name)
+            raise ObjectNotFoundError(obj_id_or_name=object_name)
+        return self.getID(object_id)
 
     def getList(self, ids: list[ObjectID | bytes]) -> list[Any]:
         """Get multiple objects from the store, in one round trip.
@@ -227,13 +275,20 @@ class PlasmaStoreInterface(StoreInterface):
             raise ObjectNotFoundError(exc.message) from None
 
     def get_all(self) -> dict[ObjectID, dict[str, Any]]:
-        """A listing of all objects in the store, keyed by ID (Plasma's ``list``)."""
+        """A listing of all objects in the store, keyed by ID, with Plasma ``list()``'s fields.
+
+        As Plasma: ``create_time`` in whole Unix seconds; ``construct_duration``
+        the whole seconds from create to seal, 0 here because a put creates and
+        seals in one call; ``ref_count`` 0 (not tracked). Beyond Plasma:
+        ``name``, the name the object was put under.
+        """
         return {
             info.id: {
                 "data_size": info.size,
                 "metadata_size": 0,
                 "ref_count": 0,
-                "create_time": info.created.timestamp(),
+                "create_time": int(info.created.timestamp()),
+                "construct_duration": 0,
                 "state": "sealed",
                 "name": info.name,
             }
@@ -344,9 +399,12 @@ class LMDBStoreInterface(StoreInterface):
     """improv's recording store: objects pickled into a local LMDB environment.
 
     Puts go through a queue to a commit thread (every ``commit_freq``
-    seconds, or at once for ``flush_immediately``). Names starting with
-    ``q_`` or ``config`` are queue records, kept by name plus time; everything
-    else is kept by object ID.
+    seconds, or at once for ``flush_immediately``). Keys are improv 0.2's:
+    names starting with ``q_`` or ``config`` are queue records, kept under the
+    name itself (a later put of the name replaces the record); everything else
+    under its object ID, or its name when put without one. Queue records that
+    earlier versions of this module kept under name plus pickled time are read
+    by name too (the newest of them).
     """
 
     def __init__(
@@ -394,6 +452,8 @@ class LMDBStoreInterface(StoreInterface):
     def _get_one(self, key: bytes, include_metadata: bool) -> Any:
         with self.lmdb_env.begin() as txn:
             raw = txn.get(key)
+            if raw is None and key.startswith((b"q_", b"config")):
+                raw = _newest_timed_record(txn, key)
         if raw is None:
             raise ObjectNotFoundError(key)
         record = pickle.loads(raw)
@@ -411,14 +471,14 @@ class LMDBStoreInterface(StoreInterface):
         obj_id: ObjectID | bytes | None = None,
         flush_this_immediately: bool = False,
     ) -> None:
-        """Queue an object for recording; committed by the commit thread."""
+        """Queue an object for recording; committed by the commit thread.
+
+        Keyed as improv 0.2 keys it: a queue record (name starting with ``q_``
+        or ``config``) by its name, anything else by ``obj_id``, or by its name
+        without one.
+        """
         is_queue = obj_name.startswith(("q_", "config"))
-        if is_queue:
-            key = obj_name.encode() + pickle.dumps(time.time())
-        elif obj_id is not None:
-            key = _key_bytes(obj_id)
-        else:
-            key = ObjectID.random().binary()
+        key = obj_name.encode() if is_queue or obj_id is None else _key_bytes(obj_id)
         record = LMDBData(obj=obj, time=time.time(), name=obj_name, is_queue=is_queue)
         self.put_queue.put(_PendingPut(key, record, flush_this_immediately))
         if self.flush_immediately or flush_this_immediately:
@@ -477,6 +537,31 @@ class LMDBStoreInterface(StoreInterface):
         inbox: queue.SimpleQueue[LMDBData] = queue.SimpleQueue()
         self._subscribers.append(inbox)
         return iter(inbox.get, None)
+
+
+# The pickled time.time() after the name in the queue-record keys that earlier versions of
+# this module wrote (improv 0.1's LMDBStore format): one float pickled with protocol 2 to 5,
+# with the frame opcode of protocols 4 and 5.
+_PICKLED_TIME = re.compile(rb"\x80[\x02-\x05](?:\x95\x0a\x00{7})?G(.{8})\.", re.DOTALL)
+
+
+def _newest_timed_record(txn: lmdb.Transaction, name: bytes) -> bytes | None:
+    """The newest record kept under ``name`` + pickled time (the older key format), if any."""
+    newest: tuple[float, bytes] | None = None
+    prefix = name + b"\x80"  # a pickle's first byte; it never begins a UTF-8 character
+    cursor = txn.cursor()
+    if not cursor.set_range(prefix):
+        return None
+    for key, value in cursor:
+        key = bytes(key)
+        if not key.startswith(prefix):
+            break
+        stamp = _PICKLED_TIME.fullmatch(key, len(name))
+        if stamp is not None:
+            when: float = struct.unpack(">d", stamp.group(1))[0]
+            if newest is None or when > newest[0]:
+                newest = (when, bytes(value))
+    return newest[1] if newest is not None else None
 
 
 def _key_bytes(key: Any) -> bytes:

@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from scipy.sparse import csc_matrix
 
 from improv_store.client import ObjectID, StoreClient
+from improv_store.client.errors import ObjectExists
 from improv_store.client.improv import (
     CannotConnectToStoreInterfaceError,
     CannotGetObjectError,
@@ -183,6 +185,77 @@ def test_side_recording_to_lmdb(setup_store: object, set_store_loc: str, tmp_pat
     assert np.array_equal(store.getID(obj_id), np.arange(5))  # falls back to the recording
 
 
+def test_get_all_entries_have_plasma_list_fields(setup_store: object, set_store_loc: str) -> None:
+    """improv's get_all is Plasma's list(): construct_duration and whole-second create_time."""
+    store = StoreInterface(store_loc=set_store_loc)
+    obj_id = store.put(np.zeros(10), "z")
+    entry = store.get_all()[obj_id]
+    assert set(entry) == {"data_size", "metadata_size", "ref_count", "create_time",
+                          "construct_duration", "state", "name"}
+    assert entry["construct_duration"] == 0 and entry["state"] == "sealed"
+    assert isinstance(entry["create_time"], int) and entry["create_time"] > 1_600_000_000
+    assert entry["data_size"] == 80 and entry["name"] == "z"
+
+
+def test_use_hdd_and_setup_lmdb(setup_store: object, set_store_loc: str, tmp_path: Path) -> None:
+    """improv 0.2's use_hdd switch: off by default, set by _setup_LMDB; off stops recording."""
+    store = StoreInterface(store_loc=set_store_loc)
+    assert store.use_hdd is False and store.lmdb_store is None
+    unrecorded = store.put(1, "before")
+    store._setup_LMDB(use_lmdb=True, lmdb_path=str(tmp_path), lmdb_name="rec",
+                      flush_immediately=True)
+    assert store.use_hdd is True and store.flush_immediately is True
+    recorded = store.put(2, "during")
+    assert store.getID(recorded, hdd_only=True) == 2
+    with pytest.raises(ObjectNotFoundError):
+        store.getID(unrecorded, hdd_only=True)
+    store.use_hdd = False  # what improv's replayer does
+    after = store.put(3, "after")
+    assert store.getID(after) == 3
+    with pytest.raises(ObjectNotFoundError):  # the recording is not read either
+        store.getID(recorded, hdd_only=True)
+    store.use_hdd = True
+    with pytest.raises(ObjectNotFoundError):
+        store.getID(after, hdd_only=True)
+    assert store.lmdb_store is not None
+    store.lmdb_store.flush()
+
+
+def test_use_hdd_as_improvs_nexus_passes_it(
+    setup_store: object, set_store_loc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """improv 0.2's nexus creates StoreInterface(name, loc, use_hdd=True, lmdb_name=...)."""
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")  # lmdb_path defaults to ../outputs/, as in improv
+    store = StoreInterface("Processor", set_store_loc, use_hdd=True,
+                           lmdb_name="nexus", flush_immediately=True)
+    assert store.use_hdd is True and store.lmdb_store is not None
+    assert (tmp_path / "outputs" / "nexus" / "data.mdb").exists()
+    obj_id = store.put([1, 2], "x")
+    assert store.getID(obj_id, hdd_only=True) == [1, 2]
+    store.lmdb_store.flush()
+
+
+def test_internal_put_and_get(setup_store: object, set_store_loc: str) -> None:
+    """improv's StoreInterface_internalPutGet tests: _put under a chosen ID, _get by stored name."""
+    store = StoreInterface(store_loc=set_store_loc)
+    chosen = store.random_ObjectID(1)[0]
+    assert store._put(1, chosen) == chosen
+    assert store.client.get(chosen) == 1
+    with pytest.raises(ObjectExists):
+        store._put(2, chosen)
+    obj_id = store.put(1, "one")
+    store.updateStoreInterfaced("one", obj_id)
+    assert store._get("one") == 1
+    with pytest.raises(ObjectNotFoundError) as e:
+        store._get("three")
+    assert e.value.name == "ObjectNotFoundError"
+    assert e.value.message == 'Cannnot find object with ID/name "three"'
+    store.delete(obj_id)
+    with pytest.raises(ObjectNotFoundError):
+        store._get("one")
+
+
 # -- LMDBStoreInterface ----------------------------------------------------------------------
 
 
@@ -211,6 +284,46 @@ def test_lmdb_queue_names_and_commit_thread(tmp_path: Path) -> None:
     queues = {r.queue for r in records if r.name.startswith("q_")}
     assert queues == {"q_out"} and all(r.is_queue for r in records)
     lmdb_store.flush()
+
+
+def test_lmdb_keys_as_improv_0_2(tmp_path: Path) -> None:
+    """Queue records under the name alone (a later put replaces), others by ID or else name."""
+    lmdb_store = LMDBStoreInterface(path=str(tmp_path), name="k", flush_immediately=True)
+    lmdb_store.put("first", "q__Acquirer.q_out__124")
+    lmdb_store.put("second", "q__Acquirer.q_out__124")
+    obj_id = ObjectID.random()
+    lmdb_store.put(np.arange(3), "frame", obj_id=obj_id)
+    lmdb_store.put({"a": 1}, "unnamed_id")
+    assert sorted(lmdb_store.get_keys()) == sorted(
+        [b"q__Acquirer.q_out__124", obj_id.binary(), b"unnamed_id"])
+    assert lmdb_store.get(b"q__Acquirer.q_out__124") == "second"
+    assert lmdb_store.get("q__Acquirer.q_out__124", include_metadata=True).queue == "q_out"
+    assert lmdb_store.get("unnamed_id") == {"a": 1}
+    lmdb_store.flush()
+    with lmdb.open(str(tmp_path / "k"), readonly=True) as env, env.begin() as txn:
+        record = pickle.loads(txn.get(b"q__Acquirer.q_out__124"))  # what a reading tool does
+    assert record.obj == "second" and record.is_queue
+
+
+def test_lmdb_reads_queue_records_keyed_by_name_and_time(tmp_path: Path) -> None:
+    """Files written by earlier versions (name + pickled time keys) are read by name: the newest."""
+    path = tmp_path / "old"
+    with lmdb.open(str(path), map_size=1 << 24) as env, env.begin(write=True) as txn:
+        for obj, stamp, protocol in (("older", 100.0, 4), ("newest", 300.0, 2),
+                                     ("middle", 200.0, 5)):
+            record = LMDBData(obj=obj, time=stamp, name="q_in", is_queue=True)
+            txn.put(b"q_in" + pickle.dumps(stamp, protocol=protocol), pickle.dumps(record))
+        other = LMDBData(obj="other queue", time=400.0, name="q_inner", is_queue=True)
+        txn.put(b"q_inner" + pickle.dumps(400.0), pickle.dumps(other))
+    reader = LMDBStoreInterface(path=str(tmp_path), name="old", load=True)
+    assert reader.get("q_in") == "newest"
+    assert reader.get(b"q_in", include_metadata=True).time == 300.0
+    assert reader.get("q_inner") == "other queue"
+    with pytest.raises(ObjectNotFoundError):
+        reader.get("q_i")
+    reader.put("now", "q_in", flush_this_immediately=True)
+    assert reader.get("q_in") == "now"  # the name's own key comes first
+    reader.flush()
 
 
 def test_lmdb_load_reopens_and_delete_missing_raises(tmp_path: Path) -> None:
