@@ -268,6 +268,13 @@ class Handlers:
                 if exc.code == Code.UNAVAILABLE:
                     raise
                 _fail_item(result, exc)
+        if response.ByteSize() > self._max_response_size - _RESPONSE_FRAMING:
+            # Long names (a raised max_name_length): only what identifies each object.
+            for result in response.results:
+                if result.HasField("meta"):
+                    meta = result.meta
+                    result.meta.CopyFrom(pb.ObjectMeta(id=meta.id, size=meta.size,
+                                                       sequence=meta.sequence))
         return Pending(response, _all_settled(committing))
 
     def Delete(self, request: pb.DeleteRequest, time_left: float | None = None) -> Pending:
@@ -549,7 +556,7 @@ def _fail_item(result: pb.BatchPutResult, error: StoreError) -> None:
     """Report one BatchPut item as refused."""
     result.Clear()
     result.code = error.code
-    result.message = error.message
+    result.message = error.message[:_MAX_STATUS_MESSAGE]
 
 
 def _receive_chunks(messages: Iterable[bytes], target: memoryview) -> int:

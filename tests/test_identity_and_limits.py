@@ -250,3 +250,21 @@ def test_a_batch_of_long_missing_names_after_a_large_object_fits(server: ServerP
     assert results[0].code == 0 and results[0].meta.name == "batch/big"
     assert results[0].payload_omitted or len(results[0].data) == limits.inline_limit
     assert all(result.code == grpc.StatusCode.NOT_FOUND.value[0] for result in results[1:])
+
+
+def test_a_batch_put_of_long_names_answers_within_the_limit(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """With max_name_length raised, a BatchPut's answer keeps each object's ID, size and
+    sequence when the full metadata would not fit a default client's limit."""
+    server = start_server("--max-name-length", "8000")
+    items = [pb.PutRequest(spec=pb.ObjectSpec(name=f"{i:04d}" + "n" * 7000), data=b"x")
+             for i in range(700)]
+    with default_stub(server) as stub:
+        results = stub.BatchPut(pb.BatchPutRequest(items=items), timeout=CALL_TIMEOUT).results
+        assert all(result.code == 0 and len(result.meta.id) == 20 and result.meta.size == 1
+                   for result in results)
+        assert [result.meta.sequence for result in results] == list(range(1, 701))
+        got = stub.Get(pb.GetRequest(ref=pb.ObjectRef(id=results[5].meta.id)),
+                       timeout=CALL_TIMEOUT)
+        assert got.meta.name == items[5].spec.name and got.data == b"x"
