@@ -60,7 +60,7 @@ class Colocated:
         pins = None
         if index is not None and info.object_index.views and lane.opened.pin_table:
             try:
-                pins = PinTable(lane.opened.pin_table, lane.opened.pin_slots)
+                pins = PinTable(lane.opened.pin_table, lane.opened.pin_slots, session=lane)
             except (OSError, ValueError) as exc:
                 log.debug("not reading in place: pin table %s: %s", lane.opened.pin_table, exc)
         self.index, self._pins, self._lane = index, pins, lane

@@ -38,9 +38,12 @@ _ATTEMPTS = 3
 class PinTable:
     """This session's pin table: the objects this client reads in place. Thread-safe."""
 
-    def __init__(self, name: str, slots: int) -> None:
+    def __init__(self, name: str, slots: int, session: object = None) -> None:
+        """``session`` is what keeps the session open (its lane): held while this table is,
+        which every value pinned in it holds, so the server keeps the pins."""
         if "/" in name or not slots:
             raise ValueError(f"unusable pin table {name!r}")
+        self._session = session
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
         try:
             self._table = mmap.mmap(fd, slots * PIN_SLOT_SIZE, flags=mmap.MAP_SHARED)

@@ -17,6 +17,7 @@ import queue
 import select
 import socket
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -64,8 +65,11 @@ class Lane:
         # once per object.
         self._readable = select.poll()
         self._readable.register(self._socket, select.POLLIN)
-        threading.Thread(target=self._flush_periodically, name="improv-store-lane",
-                         daemon=True).start()
+        # The thread holds the lane weakly: a client dropped without close() (as Plasma's
+        # clients were) lets its lane go, and the server ends the session when the socket
+        # closes. A value read in place keeps the lane alive through its release callback.
+        threading.Thread(target=_flush_periodically, args=(weakref.ref(self), self._closed),
+                         name="improv-store-lane", daemon=True).start()
 
     @property
     def closed(self) -> bool:
@@ -181,16 +185,16 @@ class Lane:
             self._closed.set()
             self._socket.close()
 
-    def _flush_periodically(self) -> None:
-        while not self._closed.wait(_FLUSH_INTERVAL):
-            if not self._releases.empty() and self._lock.acquire(blocking=False):
-                try:
-                    if not self._closed.is_set():
-                        self._send_releases()
-                except OSError:
-                    self._close_locked()
-                finally:
-                    self._lock.release()
+    def _flush_releases(self) -> None:
+        """Send queued releases unless a call is under way (it sends them itself)."""
+        if not self._releases.empty() and self._lock.acquire(blocking=False):
+            try:
+                if not self._closed.is_set():
+                    self._send_releases()
+            except OSError:
+                self._close_locked()
+            finally:
+                self._lock.release()
 
     def _send_releases(self) -> None:
         lease_ids = []
@@ -281,6 +285,17 @@ def _connect(path: str, token: str | None) -> tuple[socket.socket, pb.SessionRes
         connection.close()
         raise _failure(status, body)
     return connection, pb.SessionResponse.FromString(body)
+
+
+def _flush_periodically(lane_ref: weakref.ref[Lane], closed: threading.Event) -> None:
+    """Every _FLUSH_INTERVAL, send the lane's queued releases; ends when the lane is
+    closed or no longer used."""
+    while not closed.wait(_FLUSH_INTERVAL):
+        lane = lane_ref()
+        if lane is None:
+            return
+        lane._flush_releases()
+        del lane
 
 
 def _write(connection: socket.socket, method: int, body: bytes) -> None:

@@ -156,6 +156,39 @@ def test_a_waiting_get_does_not_hold_up_the_clients_other_calls(server: Any) -> 
     assert (got[0] == np.arange(5)).all()
 
 
+def test_a_client_dropped_without_close_lets_its_lane_go(server: Any) -> None:
+    """As a Plasma client did when collected: no thread or session is left behind, but a
+    value read in place keeps its lane (and so its lease) until the value goes."""
+    with server.client() as writer:
+        frame_id = writer.put(np.arange(1 << 16, dtype="<u8"))
+    for _ in range(5):
+        client = server.client()
+        client.put(b"x")
+        del client
+    client = server.client()
+    frame = client.get(frame_id)
+    del client
+    gc.collect()
+
+    def left(expected: tuple[int, int]) -> tuple[int, int]:
+        """Open sessions, and lane threads in this process: ``expected`` once they reach
+        it (the server sees a hang-up, a lane thread its next tick), else what is left."""
+        deadline = time.monotonic() + 10
+        while True:
+            with server.client(transfer="inline") as observer:
+                sessions = observer.info().sessions
+            lanes = sum(t.name == "improv-store-lane" for t in threading.enumerate())
+            if (sessions, lanes) == expected or time.monotonic() > deadline:
+                return sessions, lanes
+            time.sleep(0.05)
+
+    assert left((1, 1)) == (1, 1)  # the frame's lane
+    assert (frame == np.arange(1 << 16, dtype="<u8")).all()
+    del frame
+    gc.collect()
+    assert left((0, 0)) == (0, 0)
+
+
 def test_raw_lane_calls_and_statuses(server: Any) -> None:
     """Same messages, same statuses: Put, Get, NOT_FOUND, bad payloads, unknown methods."""
     lane = RawLane(lane_path(server))

@@ -49,6 +49,8 @@ METADATA_LABEL = "plasma.metadata"
 # Plasma's default number of connection attempts, and its wait between them.
 DEFAULT_RETRIES = 50
 RETRY_DELAY = 0.1
+# The least time connect waits for a store to answer (see connect).
+START_GRACE = 10.0
 # A wait "forever" (timeout_ms=-1) is asked for in waits of this many seconds.
 _WAIT_STEP = 60.0
 
@@ -489,15 +491,19 @@ def connect(store_socket_name: str, num_retries: int = -1) -> PlasmaClient:
     """A PlasmaClient connected to the improv-store server listening on the unix socket
     ``store_socket_name`` (the server's ``--socket``, where ``plasma_store -s`` put
     Plasma's; a ``unix://`` address or ``host:port`` works too). Tries ``num_retries``
-    times, 100 ms apart (-1: 50, Plasma's default); StoreUnavailable, an OSError, after."""
+    times, 100 ms apart (-1: 50, Plasma's default), and for at least START_GRACE seconds:
+    improv-store takes a second or more to start where Plasma took milliseconds, and
+    callers such as improv's nexus connect right after starting it. StoreUnavailable, an
+    OSError, after."""
     attempts = DEFAULT_RETRIES if num_retries < 0 else max(num_retries, 1)
+    deadline = time.monotonic() + max(attempts * RETRY_DELAY, START_GRACE)
     store = StoreClient(store_address(store_socket_name))
-    for attempt in range(attempts):
+    while True:
         try:
             store.info()
             break
         except StoreUnavailable:
-            if attempt == attempts - 1:
+            if time.monotonic() >= deadline:
                 store.close()
                 raise StoreUnavailable(
                     f"Could not connect to socket {store_socket_name}"
