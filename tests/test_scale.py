@@ -389,6 +389,17 @@ def test_page_tokens_beyond_any_issued_sequence_are_invalid_argument(
 # -- 3. restart with many objects ----------------------------------------------------------------
 
 
+def restart(
+    server: ServerProcess, stop: str, start_server: Callable[..., ServerProcess], durability: str
+) -> ServerProcess:
+    """Stop ``server`` ("sigterm": cleanly, else SIGKILL) and start another on its data."""
+    if stop == "sigterm":
+        assert server.stop() == 0
+    else:
+        server.kill()
+    return start_server(durability=durability, data_dir=server.data_dir)
+
+
 def restart_payload(index: int) -> Any:
     """Object ``index``'s payload: an array every tenth, else 8 to 160 bytes of its own."""
     if index % 10 == 0:
@@ -434,12 +445,7 @@ def test_restart_with_many_objects(start_server: StartServer, durability: str, s
     alive = [i for i in range(count) if i not in deleted and restart_name(i) not in gone_names
              and restart_name(i) != "shared_5"]
     assert ids_of(before) == [ids[i] for i in alive] + [replacement]
-    if stop == "sigterm":
-        assert server.stop() == 0
-    else:
-        server.kill()
-
-    restarted = start_server(durability=durability, data_dir=server.data_dir)
+    restarted = restart(server, stop, start_server, durability)
     with restarted.client() as store:
         after = listing(store)
         assert after == before
@@ -659,11 +665,7 @@ def test_delete_matching_persists_across_restart(
         assert model.delete_matching(store, "other_", created_before=between) == 500
         assert model.delete_matching(store, before_sequence=infos[100].sequence) > 0
         before = listing(store)
-    if stop == "sigterm":
-        assert server.stop() == 0
-    else:
-        server.kill()
-    restarted = start_server(durability=durability, data_dir=server.data_dir)
+    restarted = restart(server, stop, start_server, durability)
     with restarted.client() as store:
         assert listing(store) == before
         assert store.info().object_count == len(before)
