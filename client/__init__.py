@@ -10,6 +10,7 @@ from .errors import (
     DataCorrupted,
     HistoryUnavailable,
     InvalidRequest,
+    NotPrimaryError,
     ObjectExists,
     ObjectNotFound,
     PermissionDenied,
@@ -21,7 +22,7 @@ from .errors import (
     WaitTimeout,
 )
 from .ids import ObjectID
-from .models import Event, ObjectInfo, StoreInfo
+from .models import Event, ObjectInfo, Promotion, ReplicationInfo, StoreInfo
 from .store_client import StoreClient
 from .subscription import Subscription
 
@@ -30,11 +31,14 @@ __all__ = [
     "Event",
     "HistoryUnavailable",
     "InvalidRequest",
+    "NotPrimaryError",
     "ObjectExists",
     "ObjectID",
     "ObjectInfo",
     "ObjectNotFound",
     "PermissionDenied",
+    "Promotion",
+    "ReplicationInfo",
     "StoreClient",
     "StoreError",
     "StoreFull",

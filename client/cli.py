@@ -1,4 +1,5 @@
-"""The ``improv-store`` command: the people's tools (put, get, ls, rm, watch, info, health).
+"""The ``improv-store`` command: the people's tools (put, get, ls, rm, watch, info, health,
+promote).
 
 ``serve`` and ``verify`` are the server's: this process replaces itself with
 ``python -m improv_store.service`` for them (same PID, so SIGTERM reaches the
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import grpc
 import numpy as np
 
 from improv_store import __version__
@@ -36,7 +38,7 @@ from .errors import (
     Unauthenticated,
 )
 from .ids import ObjectID
-from .models import Event, ObjectInfo, StoreInfo
+from .models import Event, ObjectInfo, ReplicationInfo, StoreInfo
 from .store_client import Ref, StoreClient
 
 
@@ -90,7 +92,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--address",
             default=None,
-            help="store address: unix socket path, unix:///path or host:port"
+            help="store address: unix socket path, unix:///path or host:port; several,"
+            " separated by commas, for a primary and its followers (reads go to the"
+            " nearest, writes to the primary)"
             " (default $IMPROV_STORE_ADDRESS, else unix:///tmp/improv-store.sock)",
         )
         parser.add_argument(
@@ -140,8 +144,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--since", type=int, default=None, help="replay history from this sequence")
     p.add_argument("--count", type=int, default=None, help="stop after this many events")
 
-    command("info", _info, "show the server's version, limits and usage")
+    command("info", _info, "show the server's version, limits, usage and replication")
     command("health", _health, "exit 0 when the server reports SERVING")
+    command(
+        "promote",
+        _promote,
+        "make a follower a writable primary with a new store id (when its primary is lost)",
+    )
 
 
 def _guarded(handler: Callable[[StoreClient, argparse.Namespace], int]) -> Callable[..., int]:
@@ -309,7 +318,9 @@ def _info(store: StoreClient, args: argparse.Namespace) -> int:
     rows = [
         ("address", store.address),
         ("version", info.version),
+        ("store id", info.store_id),
         ("durability", info.durability),
+        *_replication_rows(info.replication),
         ("objects", str(info.object_count)),
         ("bytes", f"{info.total_bytes} ({_size(info.total_bytes)})"),
         ("last sequence", str(info.last_sequence)),
@@ -337,12 +348,46 @@ def _info(store: StoreClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _replication_rows(replication: ReplicationInfo) -> list[tuple[str, str]]:
+    """``info``'s lines on replication: the role, and how a follower is doing."""
+    if replication.role != "follower" and replication.promoted_from:
+        return [("role", replication.role),
+                ("promoted from", f"{replication.promoted_from} at sequence"
+                                  f" {replication.promoted_at_sequence}")]
+    if replication.role != "follower":
+        return [("role", replication.role)]
+    return [
+        ("role", replication.role),
+        ("primary", replication.primary),
+        ("replication state", replication.state),
+        ("applied sequence", str(replication.applied_sequence)),
+        ("primary sequence", str(replication.primary_sequence)),
+        ("lag", f"{replication.lag_events} events, {replication.lag_seconds:.3f} s"),
+        ("resyncs", str(replication.resyncs)),
+        ("last error", replication.last_error or "none"),
+    ]
+
+
 def _commits(info: StoreInfo) -> str:
     if not info.commits:
         return "0"
     mean_ms = info.commit_seconds / info.commits * 1e3
     per_commit = info.committed_changes / info.commits
     return f"{info.commits} (mean {mean_ms:.2f} ms, {per_commit:.1f} changes each)"
+
+
+def _promote(store: StoreClient, args: argparse.Namespace) -> int:
+    try:
+        promotion = store.promote()
+    except StoreError as exc:  # FAILED_PRECONDITION: a primary already
+        if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        _error(f"cannot promote the store at {store.address}: {exc}")
+        return Exit.STORE_ERROR
+    print(f"{'promoted:':20} {store.address}")
+    print(f"{'store id:':20} {promotion.store_id}")
+    print(f"{'last sequence:':20} {promotion.last_sequence}")
+    return 0
 
 
 def _health(store: StoreClient, args: argparse.Namespace) -> int:

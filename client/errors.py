@@ -6,7 +6,12 @@ from collections.abc import Mapping
 
 import grpc
 
-from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, STORE_ID_TRAILER, Code
+from improv_store.protocol import (
+    OLDEST_SEQUENCE_TRAILER,
+    PRIMARY_TRAILER,
+    STORE_ID_TRAILER,
+    Code,
+)
 
 
 class StoreError(Exception):
@@ -76,6 +81,17 @@ class StoreReset(StoreError):
         self.store_id = store_id
 
 
+class NotPrimaryError(StoreError):
+    """A write sent to a follower, which takes none: ``primary`` is the address of the
+    store it follows, to write to instead (a client given several addresses finds it)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, primary: str) -> None:
+        super().__init__(message)
+        self.primary = primary
+
+
 class DataCorrupted(StoreError):
     """A payload no longer matches its checksum."""
 
@@ -128,9 +144,13 @@ def error_for(
 ) -> StoreError:
     """The typed exception for a failed call's status, message and trailer values."""
     cls = _BY_CODE.get(code, StoreError)
-    store_id = (trailers or {}).get(STORE_ID_TRAILER)
-    if code == grpc.StatusCode.FAILED_PRECONDITION and store_id:
-        return StoreReset(message, store_id)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and trailers:
+        store_id = trailers.get(STORE_ID_TRAILER)
+        if store_id:
+            return StoreReset(message, store_id)
+        primary = trailers.get(PRIMARY_TRAILER)
+        if primary:
+            return NotPrimaryError(message, primary)
     if cls is HistoryUnavailable:
         oldest = (trailers or {}).get(OLDEST_SEQUENCE_TRAILER)
         return HistoryUnavailable(message, int(oldest) if oldest else None)

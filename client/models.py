@@ -24,6 +24,13 @@ _EVENT_TYPES = {
     pb.EVENT_TYPE_REPLACE: "replace",
 }
 _DURABILITY = {pb.DURABILITY_SYNC: "sync", pb.DURABILITY_ASYNC: "async", pb.DURABILITY_NONE: "none"}
+# Any other role takes writes: a server older than replication leaves it unset.
+_ROLES = {pb.ROLE_FOLLOWER: "follower"}
+_REPLICATION_STATES = {
+    pb.REPLICATION_STATE_CONNECTING: "connecting",
+    pb.REPLICATION_STATE_STREAMING: "streaming",
+    pb.REPLICATION_STATE_RESYNCING: "resyncing",
+}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -96,6 +103,44 @@ class Event:
 
 
 @dataclass(frozen=True)
+class ReplicationInfo:
+    """A store's place among followers: ``role`` is "primary" or "follower"; the rest
+    describes a follower (a primary's are empty): the address it follows, what it is
+    doing ("connecting", "streaming" or "resyncing"), how far behind it is, the
+    snapshot resyncs since it started and why it last lost its primary."""
+
+    role: str
+    primary: str
+    state: str
+    applied_sequence: int
+    primary_sequence: int
+    lag_events: int
+    lag_seconds: float
+    resyncs: int
+    last_error: str
+    # A primary promoted from a follower: the store_id it had, and the last sequence then.
+    promoted_from: str
+    promoted_at_sequence: int
+
+    @classmethod
+    def from_proto(cls, replication: pb.Replication) -> ReplicationInfo:
+        return cls(
+            role=_ROLES.get(replication.role, "primary"),
+            state=_REPLICATION_STATES.get(replication.state, ""),
+            **_copied(replication, _REPLICATION_FIELDS),
+        )
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What ``StoreClient.promote`` made: the new primary's ``store_id``, and the
+    sequence it had applied as a follower (its first write gets the next)."""
+
+    store_id: str
+    last_sequence: int
+
+
+@dataclass(frozen=True)
 class StoreInfo:
     """What ``Info`` reports about a server."""
 
@@ -134,6 +179,7 @@ class StoreInfo:
     committed_changes: int
     subscriber_lag: int
     open_streams: int
+    replication: ReplicationInfo
 
     @classmethod
     def from_proto(cls, info: pb.InfoResponse) -> StoreInfo:
@@ -143,6 +189,7 @@ class StoreInfo:
             durability=_DURABILITY.get(info.durability, "unknown"),
             started=_time(info.start_time),
             object_index=info.object_index.name,
+            replication=ReplicationInfo.from_proto(info.replication),
             **_copied(info, _INFO_FIELDS),
             **_copied(info.limits, _LIMIT_FIELDS),
             **_copied(info.stats, _STAT_FIELDS),
@@ -162,6 +209,10 @@ _LIMIT_FIELDS = (
 _STAT_FIELDS = (
     "requests failed_requests commits commit_seconds committed_changes subscriber_lag"
     " open_streams"
+)
+_REPLICATION_FIELDS = (
+    "primary applied_sequence primary_sequence lag_events lag_seconds resyncs last_error"
+    " promoted_from promoted_at_sequence"
 )
 # StoreInfo field: ArenaUsage field.
 _ARENA_FIELDS = {

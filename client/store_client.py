@@ -3,7 +3,9 @@
 Its methods build requests and decode answers; how they travel is its
 transport's business (transport.py), picked once, when the first call needs
 it: gRPC, or the local lane for a client that shares the server's /dev/shm
-(colocated.py), which then also reads the server's object index.
+(colocated.py), which then also reads the server's object index. A client
+given several addresses (a primary and its followers) picks two routes: one
+for reads, to the nearest store, and one for writes, to the primary.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -28,7 +31,7 @@ from .colocated import MISS, Colocated
 from .creation import Creation
 from .errors import StoreError, StoreUnavailable, error_for, status_code
 from .ids import ObjectID, Ref
-from .models import ObjectInfo, StoreInfo
+from .models import ObjectInfo, Promotion, StoreInfo
 from .shm import exporter_of, is_colocated
 from .subscription import Subscription
 from .transport import GrpcTransport, LaneTransport, LeaseSession, Transport
@@ -49,6 +52,16 @@ _BATCH_ITEM_LIMIT = 64 << 10
 TRANSFER_MODES = ("auto", "shm", "inline")
 # Statuses that mean the session a request named is gone: renew it and retry once.
 _SESSION_LOST = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.http2.max_frame_size", 16777215),
+]
+# Given several addresses: seconds each store has to answer Info while the client chooses
+# (unless the client's timeout is shorter), and how many followers of followers it walks
+# to find the primary.
+_PROBE_TIMEOUT = 5.0
+_MAX_HOPS = 8
 
 
 def normalize_address(address: str) -> str:
@@ -58,6 +71,17 @@ def normalize_address(address: str) -> str:
     if address.startswith("/") or address.startswith("."):
         return "unix:" + os.path.abspath(address)
     return address
+
+
+def parse_addresses(address: str | Sequence[str] | None) -> list[str]:
+    """The gRPC targets of ``address``: one, several separated by commas, or a list of
+    them; None (or empty) means ``$IMPROV_STORE_ADDRESS``, else the default socket."""
+    given = address or os.environ.get("IMPROV_STORE_ADDRESS") or DEFAULT_ADDRESS
+    parts = given.split(",") if isinstance(given, str) else list(given)
+    targets = list(dict.fromkeys(normalize_address(part.strip()) for part in parts if part.strip()))
+    if not targets:
+        raise ValueError(f"no store address in {given!r}")
+    return targets
 
 
 def to_ref(ref: Ref) -> pb.ObjectRef:
@@ -87,11 +111,156 @@ class _Route(NamedTuple):
     colocated: Colocated | None
 
 
+class _Store(NamedTuple):
+    """A store that answered Info: its address, gRPC transport and that answer."""
+
+    address: str
+    transport: GrpcTransport
+    info: pb.InfoResponse
+
+
+class _Stores:
+    """The stores of a client given several addresses (a primary and its followers): which
+    to read from (the nearest) and which to write to (the primary). Each is asked Info with
+    a deadline of its own, so one that does not answer delays the choice, not blocks it."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        connect: Callable[[str], GrpcTransport],
+        timeout: float | None,
+    ) -> None:
+        self._connect = connect
+        self._probe_timeout = min(timeout or _PROBE_TIMEOUT, _PROBE_TIMEOUT)
+        # Every store this client has a channel to: the given ones first, in order, then
+        # primaries that followers named.
+        self._transports = {address: connect(address) for address in addresses}
+        self._given = len(addresses)
+        self._retired: list[Transport] = []  # write routes replaced by a promotion
+
+    @property
+    def first(self) -> GrpcTransport:
+        """The first address's transport."""
+        return next(iter(self._transports.values()))
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Return once any given store accepts connections; FutureTimeoutError after ``timeout``."""
+        given = list(self._transports.values())[: self._given]
+        ready = [grpc.channel_ready_future(transport.channel) for transport in given]
+        deadline = time.monotonic() + timeout
+        try:
+            while not any(future.done() for future in ready):
+                if time.monotonic() >= deadline:
+                    raise grpc.FutureTimeoutError()
+                time.sleep(0.01)
+        finally:
+            for future in ready:
+                future.cancel()
+
+    def nearest(self, *, shm: bool) -> _Store:
+        """The given store to read from: the first that shares this process's /dev/shm
+        (when ``shm``: payloads may move through it), else the first that answers."""
+        given = list(self._transports.items())[: self._given]
+        asked = [
+            (address, transport, transport.call_later("Info", pb.InfoRequest(),
+                                                      self._probe_timeout))
+            for address, transport in given
+        ]
+        first: _Store | None = None
+        failures: list[tuple[str, StoreError]] = []
+        for address, transport, answer in asked:
+            try:
+                store = _Store(address, transport, answer())
+            except StoreError as exc:
+                failures.append((address, exc))
+                continue
+            if shm and is_colocated(store.info.locality_token_name, store.info.locality_token):
+                return store
+            if first is None:
+                first = store
+        if first is not None:
+            return first
+        raise _no_answer(failures)
+
+    def primary(self, start: GrpcTransport) -> _Store:
+        """The store that takes writes, found from ``start``: itself when it is a primary;
+        else the given primary with its store_id (a follower has its primary's); else the
+        one its primary address names, through followers of followers."""
+        address = next(address for address, known in self._transports.items() if known is start)
+        store = self._ask(address)
+        if store.info.replication.role != pb.ROLE_FOLLOWER:
+            return store
+        follower = store
+        for candidate in list(self._transports)[: self._given]:
+            if candidate == follower.address:
+                continue
+            try:
+                found = self._ask(candidate)
+            except StoreError:
+                continue
+            role = found.info.replication.role
+            if role != pb.ROLE_FOLLOWER and found.info.store_id == follower.info.store_id:
+                return found
+        for _ in range(_MAX_HOPS):
+            named = normalize_address(store.info.replication.primary)
+            try:
+                store = self._ask(named)
+            except StoreError as exc:
+                raise error_for(
+                    exc.code,
+                    f"the primary {named} that {store.address} follows did not answer"
+                    f" ({exc.message}); write to it directly, or promote a follower",
+                ) from None
+            if store.info.replication.role != pb.ROLE_FOLLOWER:
+                return store
+        raise StoreError(
+            f"no primary within {_MAX_HOPS} followers of {follower.address}",
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+
+    def _ask(self, address: str) -> _Store:
+        """The store at ``address`` with its Info now (a channel is opened for a new one)."""
+        transport = self._transports.get(address)
+        if transport is None:
+            transport = self._transports[address] = self._connect(address)
+        info = transport.call_later("Info", pb.InfoRequest(), self._probe_timeout)()
+        return _Store(address, transport, info)
+
+    def retire(self, transport: Transport) -> None:
+        """Keep ``transport``, no longer used, to be closed with the others (calls that
+        other threads make on it now still finish)."""
+        self._retired.append(transport)
+
+    def close(self) -> None:
+        """Close every channel and retired route."""
+        for transport in [*self._retired, *self._transports.values()]:
+            transport.close()
+
+
+def _no_answer(failures: list[tuple[str, StoreError]]) -> StoreError:
+    """The error of a choice no store answered: access refused is said as such, else
+    StoreUnavailable naming each address and why."""
+    for _, exc in failures:
+        if exc.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return exc
+    reasons = "; ".join(f"{address}: {exc.message}" for address, exc in failures)
+    return StoreUnavailable(f"no store answered ({reasons})")
+
+
 class StoreClient:
-    """A connection to one store. Thread-safe; use it as a context manager.
+    """A connection to one store, or to a primary and its followers. Thread-safe; use it
+    as a context manager.
 
     ``address`` defaults to ``$IMPROV_STORE_ADDRESS``, else the default unix
-    socket. ``timeout`` is the deadline, in seconds, for each call (None: no
+    socket. Several addresses (separated by commas, or a list) name copies of
+    one store, a primary and its followers (``improv-store serve --follow``):
+    the client reads from the nearest, one that shares this process's
+    /dev/shm if any, else the first that answers, and writes to the primary
+    (the one whose Info says so; a follower names the store it follows). Both
+    are chosen once, on the first read and the first write. A write sent to a
+    follower named alone raises NotPrimaryError.
+
+    ``timeout`` is the deadline, in seconds, for each call (None: no
     deadline); waits asked for with ``get(..., timeout=)`` are added to it.
     ``transfer`` (default ``$IMPROV_STORE_TRANSFER``, else ``auto``) says how
     payloads move: ``auto`` uses shared memory when this process shares the
@@ -120,7 +289,7 @@ class StoreClient:
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         timeout: float | None = None,
         transfer: str | None = None,
@@ -133,9 +302,8 @@ class StoreClient:
         tls_key: str | None = None,
         tls_server_name: str | None = None,
     ) -> None:
-        self.address = normalize_address(
-            address or os.environ.get("IMPROV_STORE_ADDRESS", DEFAULT_ADDRESS)
-        )
+        addresses = parse_addresses(address)
+        self.address = ",".join(addresses)
         self.timeout = timeout
         self.transfer = transfer or os.environ.get("IMPROV_STORE_TRANSFER", "auto")
         self.lane = (
@@ -148,21 +316,23 @@ class StoreClient:
             keep_freed_memory()
         # The lane sends this token too; None when the server needs none.
         self._token = resolve_token(token, token_file)
-        channel = open_channel(
-            self.address,
-            [
-                ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
-                ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-                ("grpc.http2.max_frame_size", 16777215),
-            ],
-            self._token,
-            TlsSettings.resolve(tls, tls_ca, tls_cert, tls_key, tls_server_name),
-        )
-        self._grpc = GrpcTransport(channel, timeout)
+        tls_settings = TlsSettings.resolve(tls, tls_ca, tls_cert, tls_key, tls_server_name)
+
+        def connect(target: str) -> GrpcTransport:
+            channel = open_channel(target, _CHANNEL_OPTIONS, self._token, tls_settings)
+            return GrpcTransport(channel, timeout)
+
+        # Given several addresses, the stores behind them (None: one address).
+        self._stores = _Stores(addresses, connect, timeout) if len(addresses) > 1 else None
+        # gRPC to the store this client reads from (given several: the first, until chosen).
+        self._grpc = connect(addresses[0]) if self._stores is None else self._stores.first
         # The transport in use: gRPC until the route is chosen, which may make it the lane.
         self._transport: Transport = self._grpc
         self._route_lock = threading.Lock()
         self._chosen: _Route | None = None
+        # The route of writes: the same as reads' for one address (set with it), else the
+        # primary's, chosen by the first write.
+        self._writing: _Route | None = None
         # Open subscriptions, ended by close() (the gRPC ones end with the channel anyway).
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._put_batch: int | None = None  # items per BatchPut, within the server's limit
@@ -180,18 +350,30 @@ class StoreClient:
         for subscription in list(self._subscriptions):
             subscription.close()
         self._transport.close()
+        if self._stores is not None:
+            writing = self._writing
+            if writing is not None:
+                writing.transport.close()
+            self._stores.close()
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:
-        """Block until the server accepts connections; StoreUnavailable after ``timeout``."""
+        """Block until the server (given several addresses: one of them) accepts
+        connections; StoreUnavailable after ``timeout``."""
         try:
-            grpc.channel_ready_future(self._grpc.channel).result(timeout=timeout)
+            if self._stores is None:
+                grpc.channel_ready_future(self._grpc.channel).result(timeout=timeout)
+            else:
+                self._stores.wait_until_ready(timeout)
         except grpc.FutureTimeoutError:
             raise StoreUnavailable(
                 f"no store answered at {self.address} in {timeout} s"
             ) from None
 
     def health(self, timeout: float = 5.0) -> str:
-        """The server's grpc.health.v1 status, e.g. ``SERVING`` (this check needs no token)."""
+        """The server's grpc.health.v1 status, e.g. ``SERVING`` (this check needs no token);
+        given several addresses, the status of the store this client reads from."""
+        if self._stores is not None:
+            self._route()
         stub = health_pb2_grpc.HealthStub(self._grpc.channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -202,13 +384,14 @@ class StoreClient:
 
     @property
     def colocated(self) -> bool:
-        """Whether payloads move through shared memory for this client."""
+        """Whether payloads move through shared memory for this client's reads."""
         return self._route().colocated is not None
 
     # -- the route ------------------------------------------------------------------
 
     def _route(self) -> _Route:
-        """The transport and shared-memory state, chosen by the first call that needs them."""
+        """The transport and shared-memory state of reads, chosen by the first call that
+        needs them."""
         route = self._chosen
         return route if route is not None else self._choose()
 
@@ -217,29 +400,64 @@ class StoreClient:
             if self._chosen is None:
                 self._chosen = self._connect()
                 self._transport = self._chosen.transport
+                if self._stores is None:
+                    self._writing = self._chosen
             return self._chosen
+
+    def _write_route(self) -> _Route:
+        """The transport and shared-memory state of writes: the primary's."""
+        route = self._writing
+        return route if route is not None else self._choose_writer()
+
+    def _choose_writer(self) -> _Route:
+        """Given several addresses, the route to the primary, found from the store this
+        client reads from (which may be it); a failure is not kept: the next write tries again."""
+        reading = self._route()
+        with self._route_lock:
+            if self._writing is None:
+                assert self._stores is not None  # with one address, _choose set it
+                primary = self._stores.primary(self._grpc)
+                self._put_batch = _put_batch_size(primary.info.limits)
+                self._writing = (
+                    reading if primary.transport is self._grpc else self._route_to(primary)
+                )
+            return self._writing
 
     def _connect(self) -> _Route:
         """Ask the server (Info over gRPC) whether this process shares its /dev/shm, as its
-        locality token tells, and where its lane is."""
+        locality token tells, and where its lane is; given several addresses, ask them
+        all and take the nearest."""
+        if self._stores is not None:
+            nearest = self._stores.nearest(shm=self.transfer != "inline")
+            self._grpc = nearest.transport
+            self._put_batch = _put_batch_size(nearest.info.limits)
+            return self._route_to(nearest)
         if self.transfer == "inline":
             return _Route(self._grpc, None)
         info = self._grpc.call("Info", pb.InfoRequest())
         self._put_batch = _put_batch_size(info.limits)
+        return self._route_to(_Store(self.address, self._grpc, info))
+
+    def _route_to(self, store: _Store) -> _Route:
+        """The route to ``store``: over the lane with shared memory when this process
+        shares its /dev/shm (unless told otherwise), else over gRPC."""
+        info = store.info
+        if self.transfer == "inline":
+            return _Route(store.transport, None)
         if not is_colocated(info.locality_token_name, info.locality_token):
             if self.transfer == "shm":
                 raise StoreError(
-                    f"IMPROV_STORE_TRANSFER=shm, but the store at {self.address} does not"
+                    f"IMPROV_STORE_TRANSFER=shm, but the store at {store.address} does not"
                     " share this process's /dev/shm"
                 )
-            return _Route(self._grpc, None)
+            return _Route(store.transport, None)
         if self.transfer == "shm":
             colocated = Colocated(1, pb.TRANSFER_SHM)
         else:
             colocated = Colocated(info.limits.shm_min_size, pb.TRANSFER_AUTO)
         if not (self.lane and info.lane_socket):
-            return _Route(self._grpc, colocated)
-        lane = LaneTransport(info.lane_socket, self._token, self._grpc, colocated.attach)
+            return _Route(store.transport, colocated)
+        lane = LaneTransport(info.lane_socket, self._token, store.transport, colocated.attach)
         return _Route(lane, colocated)
 
     def _call(self, rpc: str, request: Any, extra_time: float = 0.0) -> Any:
@@ -303,15 +521,14 @@ class StoreClient:
                 ids[index] = self.put(obj, name)
                 continue
             batched.append((index, _checked_name(name), payload))
+        transport = self._write_route().transport
         if self._put_batch is None:
-            self._put_batch = _put_batch_size(self._call("Info", pb.InfoRequest()).limits)
+            self._put_batch = _put_batch_size(transport.call("Info", pb.InfoRequest()).limits)
         chunks = [
             batched[start : start + self._put_batch]
             for start in range(0, len(batched), self._put_batch)
         ]
-        responses = self._route().transport.call_pipelined(
-            "BatchPut", map(_batch_put_request, chunks)
-        )
+        responses = transport.call_pipelined("BatchPut", map(_batch_put_request, chunks))
         first_error: StoreError | None = None
         for chunk, response in zip(chunks, responses, strict=True):
             for (index, _, _), result in zip(chunk, response.results, strict=True):
@@ -341,7 +558,7 @@ class StoreClient:
         bytes (in one message, or a stream when larger)."""
         encoded = codec.encode(obj)
         spec = codec.spec(encoded, name, object_id, labels)
-        transport, colocated = self._route()
+        transport, colocated = self._write_route()
         if colocated is not None and encoded.size >= colocated.min_size:
             return colocated.write(transport, spec, encoded, replace)
         return transport.put(spec, encoded, replace)
@@ -371,13 +588,13 @@ class StoreClient:
         with Plasma's buffers, numpy would let the creator set it writeable
         again; writing then would change an object others read: don't.
         """
-        transport, colocated = self._route()
+        transport, colocated = self._write_route()
         return Creation(transport, colocated, shape, dtype, name, order, id, labels, replace)
 
     def delete(self, ref: Ref) -> list[ObjectID]:
         """Delete an object by ID, or every object with a name; return what was deleted (the
         oldest 100,000 IDs of a name that had more: ``delete_matching`` counts instead)."""
-        response = self._call("Delete", pb.DeleteRequest(ref=to_ref(ref)))
+        response = self._write_route().transport.call("Delete", pb.DeleteRequest(ref=to_ref(ref)))
         return [ObjectID(raw) for raw in response.deleted_ids]
 
     def delete_matching(
@@ -399,7 +616,7 @@ class StoreClient:
                                            all=everything)
         if created_before is not None:
             request.created_before.FromNanoseconds(int(created_before * 1e9))
-        return self._call("DeleteMatching", request).deleted_count
+        return self._write_route().transport.call("DeleteMatching", request).deleted_count
 
     # -- reading ------------------------------------------------------------------
 
@@ -444,10 +661,14 @@ class StoreClient:
         (an inline result, or released already).
         """
         exporter = exporter_of(value)
-        route = self._chosen
-        if route is None or route.colocated is None or exporter is None:
+        if exporter is None:
             return False
-        return route.colocated.maps.release_now(exporter)
+        # A get's array is leased from the store read, a creator's from the one written to.
+        for route in (self._chosen, self._writing):
+            colocated = route.colocated if route is not None else None
+            if colocated is not None and colocated.maps.release_now(exporter):
+                return True
+        return False
 
     def get_many(self, refs: Iterable[Ref], *, timeout: float | None = None) -> list[Any]:
         """Several objects in few round trips, in the order asked; raises for the first missing.
@@ -519,8 +740,21 @@ class StoreClient:
                 return
 
     def info(self) -> StoreInfo:
-        """Version, limits, durability mode and usage of the server."""
+        """Version, limits, durability mode, usage and replication role of the server (the
+        one this client reads from)."""
         return StoreInfo.from_proto(self._call("Info", pb.InfoRequest()))
+
+    def promote(self) -> Promotion:
+        """Make the follower this client reads from a writable primary with a new store_id,
+        for when its primary is lost; this client then writes to it too. A store that is a
+        primary already refuses (StoreError, FAILED_PRECONDITION)."""
+        response = self._call("Promote", pb.PromoteRequest())
+        reading = self._route()
+        with self._route_lock:
+            writing, self._writing = self._writing, reading
+        if self._stores is not None and writing is not None and writing is not reading:
+            self._stores.retire(writing.transport)
+        return Promotion(store_id=response.store_id, last_sequence=response.last_sequence)
 
     def subscribe(
         self,

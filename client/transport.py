@@ -3,7 +3,8 @@
 A Transport makes a unary call by RPC name, carries a payload too large for
 one message as a chunk stream, opens subscriptions, and holds the session
 that owns this client's shared-memory leases. ``StoreClient`` picks one when
-it first needs it and never asks which it has. The lane (a plain unix socket,
+it first needs it (given several addresses, one for reads and one for writes)
+and never asks which it has. The lane (a plain unix socket,
 for clients on the server's machine) carries the unary calls and
 subscriptions; the chunk streams exist only on gRPC, so a LaneTransport
 keeps a GrpcTransport for them and for any call the lane does not carry.
@@ -183,6 +184,19 @@ class GrpcTransport(Transport[Session]):
             return getattr(self._stub, rpc)(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+
+    def call_later(self, rpc: str, request: Message, timeout: float) -> Callable[[], Any]:
+        """Start unary RPC ``rpc`` now, with its own ``timeout``; the function returned waits
+        for the response (a failure raises its StoreError). For asking several stores at once."""
+        answer = getattr(self._stub, rpc).future(request, timeout=timeout)
+
+        def result() -> Any:
+            try:
+                return answer.result()
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        return result
 
     def call_pipelined(self, rpc: str, requests: Iterator[Message]) -> Iterator[Any]:
         method = getattr(self._stub, rpc)

@@ -227,6 +227,29 @@ class ServerConfig:
         "origins whose web pages may call --web-listen (CORS), comma-separated, e.g."
         " http://localhost:5173; * allows any; empty: none but the server's own",
     )
+    follow: str = option(
+        "",
+        "follow the store at this address (host:port, unix:///path or a socket path): copy"
+        " its objects and events here and refuse writes (docs/replication.md); empty: a"
+        " primary",
+    )
+    follow_token_file: str = option("", "file holding the token to present to --follow")
+    follow_tls_ca: str = option(
+        "", "PEM CA certificates: reach --follow over TLS, verifying its certificate"
+    )
+    follow_tls_server_name: str = option(
+        "", "the name --follow's certificate is checked against (default: its host)"
+    )
+    follow_tls_cert: str = option(
+        "", "PEM client certificate for --follow's mutual TLS, with --follow-tls-key"
+    )
+    follow_tls_key: str = option("", "PEM private key of --follow-tls-cert")
+    resync_rate: int = option(
+        256 * MiB,
+        "bytes per second a follower copies when it resyncs from a snapshot of --follow;"
+        " 0: no bound",
+        parse=parse_size,
+    )
     log_format: str = option(
         "text", "text lines, or one JSON object per line", choices=("text", "json")
     )
@@ -271,6 +294,10 @@ class ServerConfig:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.token_file:
             object.__setattr__(self, "token", load_token(self.token_file))
+        if bool(self.follow_tls_cert) != bool(self.follow_tls_key):
+            raise ValueError("--follow-tls-cert needs --follow-tls-key")
+        if self.resync_rate < 0:
+            raise ValueError("resync_rate must be 0 (no bound) or positive")
         if self.open_to_network() and not self.insecure:
             raise ValueError(
                 f"refusing to listen on {self.listen} without TLS or a token: anyone who"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from improv_store.protocol import OLDEST_SEQUENCE_TRAILER, STORE_ID_TRAILER, Code
+from improv_store.protocol import (
+    OLDEST_SEQUENCE_TRAILER,
+    PRIMARY_TRAILER,
+    STORE_ID_TRAILER,
+    Code,
+)
 
 
 class StoreError(Exception):
@@ -38,6 +43,15 @@ def exhausted(message: str) -> StoreError:
 def unavailable(message: str = "the store is shutting down") -> StoreError:
     """UNAVAILABLE: the server is stopping; retry elsewhere or later."""
     return StoreError(Code.UNAVAILABLE, message)
+
+
+def read_only(primary: str) -> StoreError:
+    """FAILED_PRECONDITION for a write sent to a follower, naming the store that takes it."""
+    return StoreError(
+        Code.FAILED_PRECONDITION,
+        f"this store follows {primary} and takes no writes: write to the primary",
+        trailers={PRIMARY_TRAILER: primary},
+    )
 
 
 def resume_impossible(code: Code, message: str, store_id: str, oldest: int) -> StoreError:

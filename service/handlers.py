@@ -31,12 +31,15 @@ from . import validation
 from .committer import Ticket
 from .errors import StoreError, exhausted, invalid
 from .objects import StoredObject
+from .replication import Follower
 from .store import Store, Subscription
 
 log = logging.getLogger(__name__)
 
 # Bytes of a Get or BatchGet answer besides an object's metadata and payload, at most.
 _RESPONSE_FRAMING = 64
+# A SubscribeResponse.events entry's tag and length prefix, at most.
+_EVENT_FRAMING = 6
 # Bytes a BatchGetResult takes besides its fields' contents (tags, lengths, a flag), at most.
 _RESULT_FRAMING = 32
 # A BatchGetResult's status message is cut to this many characters (it may quote a name),
@@ -152,15 +155,49 @@ class EventStream:
     def __init__(
         self, subscription: Subscription,
         attach_handle: Callable[[pb.SubscribeResponse], None] | None,
+        batch_size: int = 1,
+        max_response_size: int = 0,
+        payload: Callable[[pb.ObjectMeta], bytes] | None = None,
     ) -> None:
+        """``batch_size`` above 1 sends events in batches, each response within
+        ``max_response_size``, with ``payload`` of each new object when given
+        (see SubscribeRequest.batch_size and payload_limit)."""
         self._subscription = subscription
         self._attach_handle = attach_handle
+        self._batch_size = batch_size
+        self._room = max_response_size - _RESPONSE_FRAMING
+        self._payload = payload
 
     def __iter__(self) -> Iterator[pb.SubscribeResponse]:
+        if self._batch_size > 1:
+            yield from self._batched()
+            return
         for event in self._subscription:
             response = pb.SubscribeResponse(event=event)
             if self._attach_handle is not None and event.type in _EVENTS_WITH_OBJECTS:
                 self._attach_handle(response)
+            yield response
+
+    def _batched(self) -> Iterator[pb.SubscribeResponse]:
+        payload = self._payload
+        for batch in self._subscription.batches(self._batch_size):
+            response = pb.SubscribeResponse()
+            size = 0
+            for event in batch:
+                length = event.ByteSize() + _EVENT_FRAMING
+                data = payload(event.meta) if payload and event.type in _EVENTS_WITH_OBJECTS \
+                    else b""
+                if size + length + len(data) > self._room and size:
+                    yield response
+                    response = pb.SubscribeResponse()
+                    size = 0
+                if size + length + len(data) > self._room:
+                    data = b""  # a large label set leaves no room: the reader fetches it
+                response.events.append(event)
+                size += length
+                if payload:
+                    response.payloads.append(data)
+                    size += len(data) + _EVENT_FRAMING
             yield response
 
     def close(self) -> None:
@@ -180,9 +217,12 @@ class Handlers:
         store: Store,
         stats: Callable[[], pb.ServerStats] | None = None,
         lane_socket: str = "",
+        follower: Follower | None = None,
     ) -> None:
-        """``stats`` adds request and commit counters to Info; ``lane_socket`` the lane's path."""
+        """``stats`` adds request and commit counters to Info; ``lane_socket`` the lane's path;
+        ``follower`` is the store's replication from its primary, if it follows one."""
         self.store = store
+        self._follower = follower
         self._stats = stats
         self._lane_socket = lane_socket
         config = store.config
@@ -250,6 +290,7 @@ class Handlers:
         """Each item stored or refused on its own; the response is complete once the
         ticket is settled (items whose commit failed then say so)."""
         validation.check_batch(len(request.items), "items", self._max_batch_size)
+        self.store.check_writable()  # a follower refuses the call, not each item
         response = pb.BatchPutResponse()
         # In sync mode the items share a few commits; each item's result waits for its own.
         committing: dict[Ticket, list[pb.BatchPutResult]] = {}
@@ -498,7 +539,18 @@ class Handlers:
         info.stats.open_streams = self.streams.open
         if self._stats is not None:
             info.stats.MergeFrom(self._stats())
+        if self._follower is not None:
+            info.replication.CopyFrom(self._follower.status())
+        else:
+            info.replication.CopyFrom(self.store.primary_status())
         return info
+
+    def Promote(
+        self, request: pb.PromoteRequest, time_left: float | None = None
+    ) -> pb.PromoteResponse:
+        if self._follower is not None:
+            return self._follower.promote()
+        return self.store.promote()  # a primary: FAILED_PRECONDITION
 
     def Subscribe(self, request: pb.SubscribeRequest) -> EventStream:
         """The subscription's responses; refusals (a bad prefix or session, history no
@@ -506,12 +558,35 @@ class Handlers:
         since = request.since_sequence if request.HasField("since_sequence") else None
         attach = None
         if request.transfer in _SHM_TRANSFERS:
+            if request.batch_size > 1:
+                raise invalid("batch_size above 1 sends no shared-memory handles: ask for"
+                              " an inline transfer")
             self.store.check_session(request.session_id)
             attach = functools.partial(self._attach_handle, request=request)
+        payload = None
+        if request.payload_limit:
+            if request.batch_size <= 1:
+                raise invalid("payload_limit needs batch_size above 1")
+            payload = functools.partial(self._event_payload, limit=request.payload_limit)
         subscription = self.store.subscribe(
             request.prefix, since, store_id=request.store_id, from_oldest=request.from_oldest
         )
-        return EventStream(subscription, attach)
+        return EventStream(subscription, attach, request.batch_size, self._max_response_size,
+                           payload)
+
+    def _event_payload(self, meta: pb.ObjectMeta, limit: int) -> bytes:
+        """The payload of the object an event stored, if still stored and at most ``limit``
+        bytes; else nothing (the reader fetches it, or learns it is gone)."""
+        obj = self.store.find(meta.id)
+        if obj is None or obj.sequence != meta.sequence or not 0 < obj.size <= limit:
+            return b""
+        try:
+            with self.store.read(obj) as view:
+                return bytes(view)
+        except StoreError as exc:
+            if exc.code != Code.NOT_FOUND:
+                raise
+            return b""
 
     def _attach_handle(self, response: pb.SubscribeResponse, request: pb.SubscribeRequest) -> None:
         """Lease the event's object to the subscriber, if it is still stored."""

@@ -43,6 +43,7 @@ _RESERVED_SEQUENCE = b"reserved_sequence"
 _TRIMMED_THROUGH = b"trimmed_through"
 _APPLIED_LOG = b"applied_log_generation"  # the write-ahead log's, see wal.py
 _STORE_ID = b"store_id"  # made with the data, see InfoResponse.store_id
+_PROMOTED_FROM = b"promoted_from"  # "STORE_ID SEQUENCE", see Replication.promoted_from
 _PAGE_OVERHEAD = 4096
 # An EIO from a write means a full disk when less than the write's payloads plus
 # this is free: LMDB reports a short write (what a full disk causes) as EIO.
@@ -58,7 +59,8 @@ class Recovered:
     """What a restart finds on disk."""
 
     records: list[bytes]  # every object's serialized ObjectMeta, in no particular order
-    last_sequence: int
+    last_sequence: int  # past every number handed out, reservations included
+    committed_sequence: int  # the last change on disk: where a follower resumes
     trimmed_through: int
 
 
@@ -133,6 +135,7 @@ class LmdbBackend:
         self.trimmed_through = self._read_counter(_TRIMMED_THROUGH)
         self.applied_log_generation = self._read_counter(_APPLIED_LOG)
         self.store_id = self._store_id()
+        self.promoted_from = self._promoted_from()
 
     # -- recovery -----------------------------------------------------------------
 
@@ -140,8 +143,10 @@ class LmdbBackend:
         """Read back every object's metadata and the sequence counters."""
         with self._resize.shared(), self._env.begin(db=self._objects) as txn:
             records = list(txn.cursor().iternext(keys=False, values=True))
-        last = max(self._read_counter(_LAST_SEQUENCE), self._read_counter(_RESERVED_SEQUENCE))
-        return Recovered(records=records, last_sequence=last, trimmed_through=self.trimmed_through)
+        committed = self._read_counter(_LAST_SEQUENCE)
+        last = max(committed, self._read_counter(_RESERVED_SEQUENCE))
+        return Recovered(records=records, last_sequence=last, committed_sequence=committed,
+                         trimmed_through=self.trimmed_through)
 
     # -- writing ------------------------------------------------------------------
 
@@ -153,13 +158,18 @@ class LmdbBackend:
         the transaction is then undone whole.
         """
         needed = sum(change.payload_bytes for change in changes)
+        self._growing(needed, lambda: self._write_once(changes, applied_log))
+        if applied_log is not None:
+            self.applied_log_generation = applied_log
+
+    def _growing(self, needed: int, write: Callable[[], None]) -> None:
+        """Run ``write`` (one write transaction of about ``needed`` bytes), growing the map
+        while it is full; a full disk is RESOURCE_EXHAUSTED."""
         self._grow_if_short(needed)
         while True:
             try:
                 with self._resize.shared():
-                    self._write_once(changes, applied_log)
-                if applied_log is not None:
-                    self.applied_log_generation = applied_log
+                    write()
                 return
             except lmdb.MapFullError:
                 self._grow(self._env.info()["map_size"] + needed)
@@ -202,6 +212,48 @@ class LmdbBackend:
             cursor.delete()
         txn.put(_TRIMMED_THROUGH, _U64.pack(trimmed), db=self._state)
         self.trimmed_through = trimmed
+
+    def write_objects(
+        self, stored: Sequence[tuple[pb.ObjectMeta, bytes | memoryview]], removed: Sequence[bytes]
+    ) -> None:
+        """Store and remove objects in one durable transaction without any event: a
+        follower's copy of its primary's snapshot (see ``restart_history``)."""
+        def write() -> None:
+            with self._env.begin(write=True) as txn:
+                for object_id in removed:
+                    txn.delete(object_id, db=self._payloads)
+                    txn.delete(object_id, db=self._objects)
+                for meta, payload in stored:
+                    txn.put(meta.id, payload, db=self._payloads)
+                    txn.put(meta.id, meta.SerializeToString(), db=self._objects)
+
+        self._growing(sum(len(payload) for _, payload in stored), write)
+
+    def restart_history(self, sequence: int, store_id: str) -> None:
+        """Make the data a snapshot of store ``store_id`` at ``sequence``: no event
+        retained, the sequence and the identity that store's."""
+        packed = _U64.pack(sequence)
+        with self._resize.shared(), self._env.begin(write=True) as txn:
+            txn.drop(self._events, delete=False)
+            for key in (_LAST_SEQUENCE, _RESERVED_SEQUENCE, _TRIMMED_THROUGH):
+                txn.put(key, packed, db=self._state)
+            txn.put(_STORE_ID, store_id.encode(), db=self._state)
+            txn.delete(_PROMOTED_FROM, db=self._state)
+        self.trimmed_through = sequence
+        self.store_id = store_id
+        self.promoted_from = None
+
+    def adopt_store_id(self, store_id: str, promoted_from: tuple[str, int] | None = None) -> None:
+        """Take another identity: a follower's primary's, or a new one at a promotion
+        (``promoted_from``: the identity and last sequence it had as a follower)."""
+        with self._resize.shared(), self._env.begin(write=True, db=self._state) as txn:
+            txn.put(_STORE_ID, store_id.encode())
+            if promoted_from is None:
+                txn.delete(_PROMOTED_FROM)
+            else:
+                txn.put(_PROMOTED_FROM, f"{promoted_from[0]} {promoted_from[1]}".encode())
+        self.store_id = store_id
+        self.promoted_from = promoted_from
 
     def reserve_sequences(self, through: int) -> None:
         """Persist that sequence numbers up to ``through`` may be handed out.
@@ -271,6 +323,14 @@ class LmdbBackend:
                 return
             yield from events
             position = events[-1].sequence + 1
+
+    def _promoted_from(self) -> tuple[str, int] | None:
+        with self._env.begin(db=self._state) as txn:
+            stored = txn.get(_PROMOTED_FROM)
+        if stored is None:
+            return None
+        store_id, sequence = bytes(stored).decode().split()
+        return store_id, int(sequence)
 
     def _store_id(self) -> str:
         """The data's identity, made the first time the environment is opened."""

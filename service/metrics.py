@@ -73,9 +73,10 @@ class StoreMetrics:
         stats.committed_changes = int(sum(s.value for s in _samples(self.commit_batch, "_sum")))
         return stats
 
-    def watch(self, info: Callable[[], pb.InfoResponse], lag: Callable[[], int]) -> None:
-        """Report the store's state at every scrape."""
-        self.registry.register(_StoreCollector(info, lag))
+    def watch(self, info: Callable[[], pb.InfoResponse], lag: Callable[[], int],
+              replication: Callable[[], pb.Replication] | None = None) -> None:
+        """Report the store's state (and a follower's ``replication``) at every scrape."""
+        self.registry.register(_StoreCollector(info, lag, replication))
 
     def serve(self, address: str) -> None:
         """Serve /metrics over HTTP on ``host:port`` (a daemon thread)."""
@@ -144,9 +145,11 @@ def _samples(metric: Histogram, suffix: str) -> Iterator[Any]:
 
 
 class _StoreCollector(Collector):
-    def __init__(self, info: Callable[[], pb.InfoResponse], lag: Callable[[], int]) -> None:
+    def __init__(self, info: Callable[[], pb.InfoResponse], lag: Callable[[], int],
+                 replication: Callable[[], pb.Replication] | None) -> None:
         self._info = info
         self._lag = lag
+        self._replication = replication
 
     def collect(self) -> Iterable[Any]:
         info = self._info()
@@ -176,6 +179,27 @@ class _StoreCollector(Collector):
         yield CounterMetricFamily(
             "improv_store_evictions", "Objects evicted from shared memory", value=arena.evictions
         )
+        if self._replication is not None:
+            yield from _replication_metrics(self._replication())
+
+
+def _replication_metrics(status: pb.Replication) -> Iterator[Any]:
+    """A follower's lag behind its primary, and its resyncs."""
+    gauges = (
+        ("improv_store_replication_lag_events",
+         "Events the primary issued that this follower has not applied", status.lag_events),
+        ("improv_store_replication_lag_seconds",
+         "Seconds since this follower was last caught up with its primary", status.lag_seconds),
+        ("improv_store_replication_applied_sequence",
+         "The primary's sequence of the last event applied here", status.applied_sequence),
+        ("improv_store_replication_state",
+         "ReplicationState: 1 connecting, 2 streaming, 3 resyncing (0 once promoted)",
+         status.state),
+    )
+    for name, documentation, value in gauges:
+        yield GaugeMetricFamily(name, documentation, value=value)
+    yield CounterMetricFamily("improv_store_replication_resyncs",
+                              "Snapshot resyncs completed since start", value=status.resyncs)
 
 
 class _MetricsInterceptor(grpc.ServerInterceptor):

@@ -86,8 +86,9 @@ class StoredObject:
 class ObjectTable:
     """Objects by ID, by name and in sequence order.
 
-    Objects are added in increasing sequence order. Not thread-safe: the
-    store serialises every change under its own lock.
+    Objects are added in increasing sequence order, except while a follower
+    copies its primary's snapshot. Not thread-safe: the store serialises every
+    change under its own lock.
     """
 
     def __init__(self) -> None:
@@ -120,13 +121,23 @@ class ObjectTable:
         self._sequences = array("Q", (obj.sequence for obj, _ in ordered))
         self._names = SortedList(self._by_name)
 
+    @property
+    def newest_sequence(self) -> int:
+        """The highest sequence of any object added (0 for none)."""
+        return self._sequences[-1] if self._sequences else 0
+
     def add(self, obj: StoredObject, name: str) -> None:
-        """Insert the newest object, named ``name`` (empty for none)."""
+        """Insert an object, named ``name`` (empty for none): usually the newest."""
         self._by_id[obj.object_id] = obj
         if name:
             self._add_name(obj, name)
-        self._order.append(obj)
-        self._sequences.append(obj.sequence)
+        if obj.sequence < self.newest_sequence:  # a follower's snapshot copy
+            position = bisect_left(self._sequences, obj.sequence)
+            self._order.insert(position, obj)
+            self._sequences.insert(position, obj.sequence)
+        else:
+            self._order.append(obj)
+            self._sequences.append(obj.sequence)
         self.total_bytes += obj.size
 
     def _add_name(self, obj: StoredObject, name: str, *, sorted_later: bool = False) -> None:
@@ -136,9 +147,12 @@ class ObjectTable:
             if not sorted_later:
                 self._names.add(name)
         elif isinstance(named, list):
-            named.append(obj)
+            if obj.sequence > named[-1].sequence:
+                named.append(obj)
+            else:  # a follower's snapshot copy
+                named.insert(bisect_right(named, obj.sequence, key=_sequence_of), obj)
         else:
-            self._by_name[name] = [named, obj]
+            self._by_name[name] = sorted((named, obj), key=_sequence_of)
 
     def remove(self, object_id: bytes) -> StoredObject:
         """Take an object out of the table and return it."""
@@ -154,6 +168,8 @@ class ObjectTable:
                 del self._by_name[name]
                 self._names.remove(name)
         position = bisect_left(self._sequences, obj.sequence)
+        while self._order[position] is not obj:  # another store's object at that sequence
+            position += 1
         self._order[position] = None
         self._removed += 1
         if self._removed >= _MIN_COMPACTION and 2 * self._removed > len(self._order):

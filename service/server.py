@@ -26,6 +26,7 @@ from .handlers import Handlers
 from .lane import LaneServer
 from .metrics import StoreMetrics
 from .reaper import Reaper
+from .replication import Follower
 from .servicer import add_to_server
 from .store import Store
 from .web import WebServer
@@ -46,9 +47,12 @@ class StoreServer:
             _clear_stale_socket(config.socket)
         self.metrics = StoreMetrics()
         self.store = Store(config, observe_commit=self.metrics.observe_commit)
-        self.metrics.watch(self.store.info, self.store.subscriber_lag)
+        # A follower's objects are deleted when its primary's are (docs/replication.md).
+        self.follower = Follower(self.store, config) if config.follow else None
+        self.metrics.watch(self.store.info, self.store.subscriber_lag,
+                           self.follower.status if self.follower else None)
         self.reaper: Reaper | None = None
-        if config.expire_after or config.max_stored_bytes:
+        if (config.expire_after or config.max_stored_bytes) and not config.follow:
             self.reaper = Reaper(self.store, expire_after=config.expire_after,
                                  max_stored_bytes=config.max_stored_bytes)
         options = [
@@ -70,7 +74,8 @@ class StoreServer:
         lane_path = ""
         if config.socket and config.lane:
             lane_path = os.path.abspath(config.socket) + ".lane"
-        handlers = Handlers(self.store, stats=self.metrics.stats, lane_socket=lane_path)
+        handlers = Handlers(self.store, stats=self.metrics.stats, lane_socket=lane_path,
+                            follower=self.follower)
         add_to_server(handlers, self._grpc)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -151,6 +156,8 @@ class StoreServer:
             self.web.start()
         if self.reaper is not None:
             self.reaper.start()
+        if self.follower is not None:
+            self.follower.start()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
             self.addresses.append(f"http://{self.config.metrics_listen}/metrics")
@@ -173,6 +180,8 @@ class StoreServer:
             self.lane.stop()
         if self.reaper is not None:
             self.reaper.stop()
+        if self.follower is not None:
+            self.follower.stop()
         self.store.begin_shutdown()
         if self.web is not None:
             self.web.close()  # after the store's shutdown began: subscribers hear UNAVAILABLE

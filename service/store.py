@@ -43,7 +43,15 @@ from .commit_async import AsyncCommitter
 from .commit_sync import SyncCommitter
 from .committer import CommitHooks, Committer, Ticket
 from .config import ServerConfig
-from .errors import StoreError, exhausted, invalid, not_found, resume_impossible, unavailable
+from .errors import (
+    StoreError,
+    exhausted,
+    invalid,
+    not_found,
+    read_only,
+    resume_impossible,
+    unavailable,
+)
 from .eventlog import EventLog
 from .index import ObjectIndex
 from .index import supported as index_supported
@@ -111,6 +119,13 @@ class Store:
         # getrandom() call per put costs more than the rest of a small put.
         self._new_ids = random.Random(os.urandom(32))
         self._disk_full: str | None = None  # why the last commit failed, while the disk is full
+        # The address of the store this one follows (docs/replication.md); "" for a primary.
+        self.primary = config.follow
+        # The newest sequence a follower knows its primary issued (None: not reached yet):
+        # resumes up to it wait for it.
+        self._primary_horizon: int | None = None
+        self._resyncing = False
+        self._observe_commit = observe_commit
         capacity = arena_capacity(config.memory)
         self.shm = ShmNamespace(config.data_dir)
         try:
@@ -120,6 +135,10 @@ class Store:
             raise
         # A store without data on disk starts over at every start: a new identity each time.
         self.store_id = self._backend.store_id if self._backend else uuid.uuid4().hex
+        # For a store promoted from a follower: the identity and last sequence it had then.
+        self.promoted_from: tuple[str, int] | None = (
+            self._backend.promoted_from if self._backend else None
+        )
         instance = os.urandom(3).hex()
         segment_prefix = f"{self.shm.prefix}{instance}-"
         index = pins = None
@@ -160,7 +179,10 @@ class Store:
         self._wal = self._replay_log()
         recovered = self._backend.recover()
         self._table.load(map(StoredObject.parse, recovered.records))
-        self._last_sequence = self._reserved_through = recovered.last_sequence
+        # A follower's sequence is its primary's: it resumes right after what it committed.
+        self._last_sequence = self._reserved_through = (
+            recovered.committed_sequence if config.follow else recovered.last_sequence
+        )
         log.info(
             "recovered %d objects (%d bytes) from %s; last sequence %d",
             len(self._table), self._table.total_bytes, config.data_dir, self._last_sequence,
@@ -177,7 +199,8 @@ class Store:
             self._backend.write(logged, applied_log=generation)
             applied = generation
             log.info("applied %d changes from the write-ahead log", len(logged))
-        if self.config.durability != "sync" or not self.config.wal_size:
+        # A follower commits to LMDB directly: a resync rewrites the data under the log.
+        if self.config.durability != "sync" or not self.config.wal_size or self.config.follow:
             return None
         try:
             return wal.WriteAheadLog(path, self.config.wal_size, applied + 1)
@@ -197,6 +220,7 @@ class Store:
         if replace and not spec.name:
             raise invalid("replace needs a name")
         with self._lock:
+            self.check_writable()
             if self._disk_full is not None:
                 raise exhausted(f"{self._disk_full}; new objects are refused until it has room")
             if spec.id and spec.id in self._table:
@@ -379,6 +403,7 @@ class Store:
         ticket = None
         with self._lock:
             self._check_open()
+            self.check_writable()
             if ref.WhichOneof("ref") == "id":
                 ids = [ref.id] if ref.id in self._table else []
             else:
@@ -413,6 +438,7 @@ class Store:
         if not (prefix or before_sequence or created_before_ns is not None or everything):
             raise invalid("say what to delete (prefix, before_sequence, created_before), or all")
         with self._lock:
+            self.check_writable()
             bound = self._last_sequence + 1
         if before_sequence:
             bound = min(bound, before_sequence)
@@ -522,8 +548,8 @@ class Store:
             if self._disk_full is None:
                 log.error("%s (new objects are refused until a commit succeeds)", error.message)
             self._disk_full = error.message
-            if self.config.durability != "sync":
-                return
+            if self.config.durability != "sync" or self.primary:
+                return  # a follower keeps its primary's history: it retries instead
             withdrawn = [
                 change.stored[0].id
                 for change in changes
@@ -561,6 +587,7 @@ class Store:
         if not 0 < size <= self.config.max_object_size:
             return None
         with self._lock:
+            self.check_writable()
             session = self._sessions.get(session_id)
             try:
                 region = self._resident.allocate(size)
@@ -778,7 +805,7 @@ class Store:
         after = int(page_token) if page_token else 0
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         with self._lock:
-            if after > self._last_sequence:
+            if after > max(self._last_sequence, self._table.newest_sequence):
                 raise invalid(f"page_token {page_token} is not one this server issued (its last"
                               f" sequence is {self._last_sequence})")
             objects, more = self._table.page(prefix, after, limit)
@@ -861,6 +888,11 @@ class Store:
             raise invalid("from_oldest replaces since_sequence: give one of them")
         with self._lock:
             self._check_open()
+            if self._resyncing:
+                raise unavailable(
+                    f"this store is copying a snapshot of its primary {self.primary}; subscribe"
+                    " again in a moment (its history before the snapshot will be gone)"
+                )
             if len(self._hub) >= self.config.max_subscribers:
                 raise exhausted(
                     f"too many subscribers: {self.config.max_subscribers} are already connected"
@@ -868,7 +900,7 @@ class Store:
                 )
             last = self._last_sequence
             oldest = self._events.oldest_sequence(last)
-            if store_id and store_id != self.store_id:
+            if store_id and store_id != self.store_id and not self._continues(store_id, since):
                 raise resume_impossible(
                     Code.FAILED_PRECONDITION,
                     f"this is store {self.store_id}, not {store_id}: its data started over, so"
@@ -879,7 +911,13 @@ class Store:
                 since = oldest
             if since is not None:
                 since = max(since, 1)
-                if since > last + 1:
+                horizon = self._primary_horizon
+                if self.primary and horizon is None and since > last + 1:
+                    raise unavailable(
+                        f"this follower has not reached its primary {self.primary} yet, so it"
+                        f" cannot tell whether sequence {since - 1} was issued; retry shortly"
+                    )
+                if since > max(last, horizon or 0) + 1:
                     raise resume_impossible(
                         Code.OUT_OF_RANGE,
                         f"since_sequence {since} is beyond this store's last sequence {last}:"
@@ -896,11 +934,203 @@ class Store:
         history = self._events.replay(since, last, tail) if since is not None else iter(())
         return Subscription(subscriber, history, on_end=self._hub.remove)
 
+    # -- replication: how a follower writes ----------------------------------------
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the latest change; a follower's is the last it applied."""
+        with self._lock:
+            return self._last_sequence
+
+    @property
+    def newest_object_sequence(self) -> int:
+        """The highest sequence of any object held (after a follower's interrupted resync,
+        beyond ``last_sequence``)."""
+        with self._lock:
+            return self._table.newest_sequence
+
+    def event_at(self, sequence: int) -> pb.Event | None:
+        """The retained event with this sequence, if any."""
+        with self._lock:
+            tail = self._events.snapshot()
+        try:
+            return next(self._events.replay(sequence, sequence, tail), None)
+        except StoreError:  # trimmed meanwhile
+            return None
+
+    def primary_issued(self, sequence: int) -> None:
+        """A follower's primary has issued ``sequence``: a subscriber may resume up to it
+        here (after a crash, a follower applies again what it had not committed)."""
+        with self._lock:
+            self._primary_horizon = max(self._primary_horizon or 0, sequence)
+
+    def holds(self, object_id: bytes, sequence: int) -> bool:
+        """Whether the object stored at ``sequence`` is here (a follower's snapshot may
+        have copied it before its event arrives)."""
+        with self._lock:
+            obj = self._table.by_id(object_id)
+            return obj is not None and obj.sequence == sequence
+
+    def replica_region(self, size: int) -> Region:
+        """A region for a payload a follower copies from its primary."""
+        return self._allocate(size)
+
+    def apply(self, event: pb.Event, region: Region | None) -> None:
+        """Make one of the primary's changes here under its sequence number: a follower's
+        way to write.
+
+        ``region`` holds the payload of a PUT or REPLACE, or is None when the
+        object was gone from the primary before it could be copied (a later
+        event removes it), so that only the event is kept.
+        """
+        meta = event.meta
+        with self._lock:
+            if self._closing or not self.primary or event.sequence <= self._last_sequence:
+                if region is not None:
+                    self._resident.free(region)
+                self._check_open()
+                raise StoreError(Code.FAILED_PRECONDITION,
+                                 f"event {event.sequence} cannot be applied: this store is a"
+                                 f" primary, or at sequence {self._last_sequence} already")
+            self._last_sequence = self._reserved_through = event.sequence
+            gone = [meta.id] if event.type == pb.EVENT_TYPE_DELETE else list(event.replaced_ids)
+            held = self._table.by_id(meta.id) if region is not None else None
+            if held is not None and held.sequence != meta.sequence:
+                gone.append(meta.id)  # an older object under a reused ID
+            dropped = [self._table.remove(object_id) for object_id in gone
+                       if object_id in self._table]
+            for older in dropped:
+                self._drop(older)
+            stored = None
+            if region is not None and held is not None and held.sequence == meta.sequence:
+                self._resident.free(region)  # the snapshot copied it already
+            elif region is not None:
+                obj = StoredObject.of(meta, committing=self._backend is not None)
+                self._table.add(obj, meta.name)
+                self._resident.admit(obj, region, meta)
+                if obj.committing:
+                    self._uncommitted.append(obj)
+                stored = (meta, region.view())
+            removed = [older.object_id for older in dropped]
+            self._record(Change(event=event, stored=stored, removed=removed), dropped)
+            self._changed.notify_all()
+
+    def adopt(self, store_id: str) -> None:
+        """Take the primary's identity: a new follower that replays its whole history, or
+        one whose primary was promoted from the store it copied."""
+        with self._lock:
+            if self._backend is not None:
+                self._backend.adopt_store_id(store_id)
+            self.store_id = store_id
+            self.promoted_from = None
+
+    def _continues(self, store_id: str, since: int | None) -> bool:
+        """Whether a resume from ``since`` of store ``store_id`` goes on here: this store
+        was promoted from it, and its history up to the promotion is this one's."""
+        promoted = self.promoted_from
+        return (promoted is not None and promoted[0] == store_id
+                and (since or 0) <= promoted[1] + 1)
+
+    def primary_status(self) -> pb.Replication:
+        """Info.replication of a primary."""
+        promoted = self.promoted_from
+        if promoted is None:
+            return pb.Replication(role=pb.ROLE_PRIMARY)
+        return pb.Replication(role=pb.ROLE_PRIMARY, promoted_from=promoted[0],
+                              promoted_at_sequence=promoted[1])
+
+    def begin_resync(self) -> dict[bytes, tuple[int, int, int]]:
+        """Prepare to copy a snapshot of the primary, whose history here is about to be cut:
+        end the subscriptions, commit what is queued; return every held object's
+        (sequence, size, CRC32C), to compare with the primary's."""
+        with self._lock:
+            self._check_open()
+            self._resyncing = True
+            held = {obj.object_id: _identity(obj.meta) for obj in self._table.matching("", 0)}
+        self._hub.close_all(unavailable(
+            f"this store is copying a snapshot of its primary {self.primary}: its history"
+            " before the snapshot will be gone; list it again"
+        ))
+        if self._committer is not None:
+            self._committer.commit_now().wait()
+        return held
+
+    def resync_remove(self, object_ids: Sequence[bytes]) -> None:
+        """Drop held objects the primary does not hold (durably, without events)."""
+        with self._lock:
+            dropped = [self._table.remove(object_id) for object_id in object_ids
+                       if object_id in self._table]
+            for obj in dropped:
+                self._drop(obj)
+        if self._backend is not None and dropped:
+            self._backend.write_objects((), [obj.object_id for obj in dropped])
+
+    def resync_add(self, copied: Sequence[tuple[pb.ObjectMeta, Region]]) -> None:
+        """Keep objects copied from the primary's snapshot: on disk first, so they are
+        evictable at once."""
+        try:
+            if self._backend is not None:
+                self._backend.write_objects([(meta, region.view()) for meta, region in copied], ())
+        except BaseException:
+            for _, region in copied:
+                self.discard(region)
+            raise
+        with self._lock:
+            for meta, region in copied:
+                if meta.id in self._table:
+                    self._drop(self._table.remove(meta.id))
+                obj = StoredObject.of(meta)
+                self._table.add(obj, meta.name)
+                self._resident.admit(obj, region, meta)
+
+    def end_resync(self, sequence: int, store_id: str) -> None:
+        """The snapshot is complete as of store ``store_id``'s ``sequence``: history here
+        starts after it, under that store's identity."""
+        if self._backend is not None:
+            self._backend.restart_history(sequence, store_id)
+        with self._lock:
+            self._events = EventLog(self._backend, self.config.event_retention, sequence)
+            self._events.committed(sequence)
+            self._last_sequence = self._reserved_through = sequence
+            if self._committer is not None:
+                self._committer.durable_sequence = sequence
+            self.store_id = store_id
+            self.promoted_from = None
+            self._resyncing = False
+            self._changed.notify_all()
+
+    def promote(self) -> pb.PromoteResponse:
+        """Stop being a follower: take writes, under a new identity, from the last sequence
+        applied on (the caller has stopped applying)."""
+        with self._lock:
+            self._check_open()
+            if not self.primary:
+                raise StoreError(Code.FAILED_PRECONDITION, "this store is a primary already")
+            if self._resyncing:
+                log.warning("promoted in the middle of a resync: some of the primary's"
+                            " objects were not copied")
+            self.primary = ""
+            self._resyncing = False
+            self._primary_horizon = None
+            self.promoted_from = (self.store_id, self._last_sequence)
+            self.store_id = uuid.uuid4().hex
+            if self._backend is not None:
+                self._backend.adopt_store_id(self.store_id, self.promoted_from)
+            self._reserved_through = self._last_sequence
+            log.info("promoted to primary as store %s at sequence %d", self.store_id,
+                     self._last_sequence)
+            return pb.PromoteResponse(store_id=self.store_id, last_sequence=self._last_sequence)
+
     # -- lifecycle --------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closing:
             raise unavailable()
+
+    def check_writable(self) -> None:
+        """FAILED_PRECONDITION, naming the primary, if this store is a follower."""
+        if self.primary:
+            raise read_only(self.primary)
 
     def begin_shutdown(self) -> None:
         """Refuse new work, end waits and subscriptions; in-flight writes still finish."""
@@ -957,10 +1187,28 @@ class Subscription:
         finally:
             self._on_end(self._subscriber)
 
+    def batches(self, size: int) -> Iterator[list[pb.Event]]:
+        """The same events, up to ``size`` at a time: as many as are waiting."""
+        try:
+            history = filter(self._subscriber.matches, self._history)
+            while chunk := list(itertools.islice(history, size)):
+                yield chunk
+                self._subscriber.delivered = chunk[-1].sequence
+            for batch in self._subscriber.live_batches():
+                for start in range(0, len(batch), size):
+                    yield batch[start:start + size]
+        finally:
+            self._on_end(self._subscriber)
+
 
 def _set_now(timestamp: Timestamp) -> None:
     """Set a Timestamp to now (Timestamp.GetCurrentTime goes through datetime: slower)."""
     timestamp.seconds, timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
+
+
+def _identity(meta: pb.ObjectMeta) -> tuple[int, int, int]:
+    """What tells two copies of an object apart: sequence, size and CRC32C."""
+    return meta.sequence, meta.size, meta.crc32c
 
 
 def _list_entry(obj: StoredObject) -> bytes:

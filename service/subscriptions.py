@@ -33,7 +33,7 @@ class Subscriber:
         self._resume_from: int | None = None
         self.delivered = since - 1  # the last sequence handed to the stream
         self._closed = False
-        self._store_closing = False
+        self._ended_by: StoreError | None = None
 
     def matches(self, event: pb.Event) -> bool:
         return event.sequence >= self._since and event_name(event).startswith(self.prefix)
@@ -51,15 +51,23 @@ class Subscriber:
                 self._events.append(event)
             self._cond.notify()
 
-    def close(self, store_closing: bool = False) -> None:
-        """End the stream: the client went away, or the store is stopping."""
+    def close(self, error: StoreError | None = None) -> None:
+        """End the stream: the client went away, or the store ends it with ``error`` (it is
+        stopping, or a follower's history is about to be cut)."""
         with self._cond:
             self._closed = True
-            self._store_closing = store_closing
+            self._ended_by = error
             self._cond.notify_all()
 
     def live(self) -> Iterator[pb.Event]:
         """Buffered and future events until closed or overflowed."""
+        for batch in self.live_batches():
+            for event in batch:
+                self.delivered = event.sequence
+                yield event
+
+    def live_batches(self) -> Iterator[list[pb.Event]]:
+        """``live``'s events as they come: all those waiting at once."""
         while True:
             with self._cond:
                 while not self._events and not self._closed and self._resume_from is None:
@@ -67,15 +75,14 @@ class Subscriber:
                 if self._events:
                     batch = list(self._events)
                     self._events.clear()
-                elif self._store_closing:
-                    raise unavailable()
+                elif self._ended_by is not None:
+                    raise self._ended_by
                 elif self._closed or self._resume_from is None:
                     return
                 else:
                     raise overflowed(self._resume_from)
-            for event in batch:
-                self.delivered = event.sequence
-                yield event
+            yield batch
+            self.delivered = batch[-1].sequence
 
 
 def overflowed(resume_from: int) -> StoreError:
@@ -117,8 +124,9 @@ class SubscriberHub:
             subscribers = list(self._subscribers)
         return max((last_sequence - s.delivered for s in subscribers), default=0)
 
-    def close_all(self) -> None:
+    def close_all(self, error: StoreError | None = None) -> None:
+        """End every stream with ``error`` (by default: the store is stopping)."""
         with self._lock:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:
-            subscriber.close(store_closing=True)
+            subscriber.close(error or unavailable())

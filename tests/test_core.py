@@ -107,6 +107,25 @@ def test_the_table_pages_by_prefix_in_sequence_order() -> None:
     assert len(table.page("", 0, 100)[0]) == 5
 
 
+def test_a_snapshot_copy_keeps_the_table_in_sequence_order() -> None:
+    """A follower's resync adds older objects after newer ones, and for a while may hold
+    another store's object at the same sequence: orders stay sorted, removal takes the
+    right one."""
+    table = ObjectTable()
+    older, newer, named_new = stored(1, "n"), stored(1, "n"), stored(1, "n")
+    twin = StoredObject.of(pb.ObjectMeta(id=os.urandom(20), name="t", size=1,
+                                         sequence=newer.sequence))
+    for obj in (newer, named_new, older, twin):
+        table.add(obj, obj.name)
+    assert [obj.sequence for obj in table.page("", 0, 10)[0]] == sorted(
+        obj.sequence for obj in (newer, named_new, older, twin))
+    assert table.ids_named("n") == [older.object_id, newer.object_id, named_new.object_id]
+    assert table.newest("n") is named_new
+    table.remove(twin.object_id)
+    assert newer in table.page("", 0, 10)[0] and twin not in table.page("", 0, 10)[0]
+    assert table.newest_sequence == named_new.sequence
+
+
 @pytest.mark.parametrize(("count", "page_sizes"), [(50, (1, 7, 1000)), (8000, (300, 1000))])
 def test_table_pages_resume_after_removals_and_match_prefixes_exactly(
     count: int, page_sizes: tuple[int, ...]

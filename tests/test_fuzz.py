@@ -261,6 +261,7 @@ REQUESTS: dict[str, st.SearchStrategy[Message]] = {
         page_token=st.one_of(texts, u64.map(str), st.integers().map(str)),
     ),
     "Info": st.just(pb.InfoRequest()),
+    "Promote": st.just(pb.PromoteRequest()),  # a primary: FAILED_PRECONDITION
     "Create": st.builds(
         pb.CreateRequest,
         session_id=session_ids,
@@ -279,6 +280,8 @@ REQUESTS: dict[str, st.SearchStrategy[Message]] = {
         since_sequence=st.none() | st.integers(0, 300) | u64,
         transfer=enums,
         session_id=session_ids,
+        batch_size=st.one_of(st.just(0), st.integers(0, 2000), u32),
+        payload_limit=st.one_of(st.just(0), st.integers(0, 1 << 20), u32),
     ),
     "Session": st.builds(pb.SessionRequest, release_lease_ids=lease_ids),
     "PutStream": st.builds(

@@ -879,3 +879,62 @@ def test_subscribers_that_leave_at_once_are_unregistered(
     wait_subscribers(store, 0)
     store.put(b"still served", "gone_after")  # and the server still publishes
     assert store.info().subscriber_count == 0
+
+
+def test_batched_events_come_in_order_within_the_response_limit(server: ServerProcess) -> None:
+    """SubscribeRequest.batch_size: the waiting events together (a follower's way), each
+    response within the 4 MiB a default client accepts even when events carry large labels;
+    not with a shared-memory transfer."""
+    big_labels = {f"k{index}": "v" * 1000 for index in range(60)}  # about 60 KB per event
+    with server.client() as store:
+        store.put_many([b"x"] * 250)
+        for index in range(100):
+            store.put(b"y", name=f"labelled{index}", labels=big_labels)
+    with grpc.insecure_channel(server.unix_address) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        call = stub.Subscribe(pb.SubscribeRequest(since_sequence=1, batch_size=100), timeout=30)
+        sequences: list[int] = []
+        sizes = []
+        for response in call:
+            assert not response.HasField("event") and response.events
+            assert len(response.events) <= 100
+            sizes.append(response.ByteSize())
+            sequences += [event.sequence for event in response.events]
+            if sequences[-1] == 350:
+                call.cancel()
+                break
+        assert sequences == list(range(1, 351))
+        assert max(sizes) <= 4 << 20 and len(sizes) >= 4  # 6 MB of labels: cut in two
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.Subscribe(pb.SubscribeRequest(batch_size=10, transfer=pb.TRANSFER_SHM,
+                                                    session_id="x"), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_payloads_come_with_batched_events_up_to_the_limit(server: ServerProcess) -> None:
+    """SubscribeRequest.payload_limit: each PUT or REPLACE payload up to the limit rides with
+    its event; one above it, a deleted object's and a DELETE's do not (length differs from
+    meta.size); payload_limit without batches is INVALID_ARGUMENT."""
+    with server.client() as store:
+        small = store.put(b"small payload")
+        store.put(b"L" * 5000)  # above the limit below
+        gone = store.put(b"deleted before it is read")
+        store.delete(gone)
+        store.replace("r", b"replacing")
+    with grpc.insecure_channel(server.unix_address) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        call = stub.Subscribe(pb.SubscribeRequest(since_sequence=1, batch_size=100,
+                                                  payload_limit=4096), timeout=30)
+        pairs = []
+        for response in call:
+            assert len(response.payloads) == len(response.events)
+            pairs += list(zip(response.events, response.payloads, strict=True))
+            if pairs[-1][0].sequence == 5:
+                call.cancel()
+                break
+        came = [data if len(data) == event.meta.size else None for event, data in pairs]
+        assert came == [b"small payload", None, None, None, b"replacing"]
+        assert pairs[0][0].meta.id == small.binary()
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.Subscribe(pb.SubscribeRequest(payload_limit=10), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -43,6 +43,8 @@ RESUME_SEQUENCE_TRAILER = "improv-store-resume-sequence"
 OLDEST_SEQUENCE_TRAILER = "improv-store-oldest-sequence"
 # ...and the ID of the store that answered a resume it cannot serve (InfoResponse.store_id).
 STORE_ID_TRAILER = "improv-store-store-id"
+# On a write refused by a follower: the address of the primary to write to instead.
+PRIMARY_TRAILER = "improv-store-primary"
 
 
 class Code(enum.IntEnum):

@@ -11,6 +11,7 @@ rows measured), ``servers`` (start, probe and stop the stores), ``calls``
 (one client, call after call), ``crossprocess`` (handoff and subscribe
 against improv-store and Redis), ``plasma`` (plasma_store and the worker),
 ``durable``, ``server_memory``, ``scale`` (100k to 1M objects: memory, listing,
-restart, batches, bulk delete, fan-out), ``report`` (machine, ratios, table, legend)
-and ``chart`` (the PNG).
+restart, batches, bulk delete, fan-out), ``replication`` (a follower on a second
+machine made of namespaces, against a Redis replica), ``report`` (machine, ratios,
+table, legend) and ``chart`` (the PNG).
 """

@@ -120,7 +120,13 @@ def draw_scale(axes: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def write_chart(report: dict[str, Any], path: Path) -> bool:
-    """Draw the chart of a bench report to ``path``; False when matplotlib is missing."""
+    """Draw the chart of a bench report to ``path``; False when matplotlib is missing or
+    the report has nothing it plots (get latencies, scale costs)."""
+    rows = report["results"]
+    has_scale = any(SCALE_ROW.match(row["workload"]) for row in rows)
+    has_latency = any(GET.match(row["workload"]) for row in rows)
+    if not (has_scale or has_latency):
+        return False
     try:
         import matplotlib
     except ImportError:
@@ -129,9 +135,6 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
     from matplotlib import pyplot as plt
     from matplotlib.ticker import NullFormatter, NullLocator
 
-    rows = report["results"]
-    has_scale = any(SCALE_ROW.match(row["workload"]) for row in rows)
-    has_latency = any(GET.match(row["workload"]) for row in rows)
     if has_scale:
         panels = 2 if has_latency else 1
         figure, all_axes = plt.subplots(1, panels, figsize=(8 * panels, 5.5), dpi=120,

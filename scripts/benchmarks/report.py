@@ -117,7 +117,8 @@ METRIC_LABEL = {"ops_per_s": "ops/s", "p50_us": "p50 µs", "p99_us": "p99 µs",
                 "GB_per_s": "GB/s", "puts_per_s": "puts/s", "items_per_s": "items/s", "ms": "ms",
                 "rss_B_per_obj": "RSS bytes/object", "alloc_B_per_obj": "allocated bytes/object",
                 "restart_s": "s until ready", "us_per_op": "µs/op",
-                "first_get_s": "s until the first get", "us_per_object": "µs/object"}
+                "first_get_s": "s until the first get", "us_per_object": "µs/object",
+                "MB_per_s": "MB/s"}
 TRANSPORT_ORDER = {"unix": 0, "tcp": 1, COLOCATED: 2, "memory": 3, "server": 4}
 PLASMA_TRANSPORTS = {COLOCATED, "server"}  # Plasma has only these rows
 

@@ -58,6 +58,19 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DURABILITY_ASYNC: _ClassVar[Durability]
     DURABILITY_NONE: _ClassVar[Durability]
 
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_PRIMARY: _ClassVar[Role]
+    ROLE_FOLLOWER: _ClassVar[Role]
+
+class ReplicationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICATION_STATE_UNSPECIFIED: _ClassVar[ReplicationState]
+    REPLICATION_STATE_CONNECTING: _ClassVar[ReplicationState]
+    REPLICATION_STATE_STREAMING: _ClassVar[ReplicationState]
+    REPLICATION_STATE_RESYNCING: _ClassVar[ReplicationState]
+
 class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
@@ -96,6 +109,13 @@ DURABILITY_UNSPECIFIED: Durability
 DURABILITY_SYNC: Durability
 DURABILITY_ASYNC: Durability
 DURABILITY_NONE: Durability
+ROLE_UNSPECIFIED: Role
+ROLE_PRIMARY: Role
+ROLE_FOLLOWER: Role
+REPLICATION_STATE_UNSPECIFIED: ReplicationState
+REPLICATION_STATE_CONNECTING: ReplicationState
+REPLICATION_STATE_STREAMING: ReplicationState
+REPLICATION_STATE_RESYNCING: ReplicationState
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_PUT: EventType
 EVENT_TYPE_DELETE: EventType
@@ -555,7 +575,7 @@ class ArenaUsage(_message.Message):
     def __init__(self, capacity: _Optional[int] = ..., used: _Optional[int] = ..., pinned: _Optional[int] = ..., evictions: _Optional[int] = ..., segments: _Optional[int] = ..., sessions: _Optional[int] = ..., resident_objects: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("store_id", "version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token", "stats", "lane_socket", "object_index")
+    __slots__ = ("store_id", "version", "durability", "limits", "object_count", "total_bytes", "last_sequence", "oldest_sequence", "committed_sequence", "start_time", "subscriber_count", "arena", "locality_token_name", "locality_token", "stats", "lane_socket", "object_index", "replication")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
@@ -573,6 +593,7 @@ class InfoResponse(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     LANE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     OBJECT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     version: str
     durability: Durability
@@ -590,7 +611,46 @@ class InfoResponse(_message.Message):
     stats: ServerStats
     lane_socket: str
     object_index: ObjectIndex
-    def __init__(self, store_id: _Optional[str] = ..., version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ..., object_index: _Optional[_Union[ObjectIndex, _Mapping]] = ...) -> None: ...
+    replication: Replication
+    def __init__(self, store_id: _Optional[str] = ..., version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., object_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_sequence: _Optional[int] = ..., committed_sequence: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., arena: _Optional[_Union[ArenaUsage, _Mapping]] = ..., locality_token_name: _Optional[str] = ..., locality_token: _Optional[bytes] = ..., stats: _Optional[_Union[ServerStats, _Mapping]] = ..., lane_socket: _Optional[str] = ..., object_index: _Optional[_Union[ObjectIndex, _Mapping]] = ..., replication: _Optional[_Union[Replication, _Mapping]] = ...) -> None: ...
+
+class Replication(_message.Message):
+    __slots__ = ("role", "primary", "state", "applied_sequence", "primary_sequence", "lag_events", "lag_seconds", "resyncs", "last_error", "promoted_from", "promoted_at_sequence")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAG_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESYNCS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FROM_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_AT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    role: Role
+    primary: str
+    state: ReplicationState
+    applied_sequence: int
+    primary_sequence: int
+    lag_events: int
+    lag_seconds: float
+    resyncs: int
+    last_error: str
+    promoted_from: str
+    promoted_at_sequence: int
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., primary: _Optional[str] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., applied_sequence: _Optional[int] = ..., primary_sequence: _Optional[int] = ..., lag_events: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., resyncs: _Optional[int] = ..., last_error: _Optional[str] = ..., promoted_from: _Optional[str] = ..., promoted_at_sequence: _Optional[int] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PromoteResponse(_message.Message):
+    __slots__ = ("store_id", "last_sequence")
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    store_id: str
+    last_sequence: int
+    def __init__(self, store_id: _Optional[str] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class ObjectIndex(_message.Message):
     __slots__ = ("name", "slots", "slot_size", "max_probe", "segment_prefix", "max_payload", "views")
@@ -629,20 +689,24 @@ class ServerStats(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., commits: _Optional[int] = ..., commit_seconds: _Optional[float] = ..., committed_changes: _Optional[int] = ..., subscriber_lag: _Optional[int] = ..., open_streams: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("prefix", "since_sequence", "transfer", "session_id", "store_id", "from_oldest")
+    __slots__ = ("prefix", "since_sequence", "transfer", "session_id", "store_id", "from_oldest", "batch_size", "payload_limit")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_OLDEST_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_LIMIT_FIELD_NUMBER: _ClassVar[int]
     prefix: str
     since_sequence: int
     transfer: Transfer
     session_id: str
     store_id: str
     from_oldest: bool
-    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ..., store_id: _Optional[str] = ..., from_oldest: _Optional[bool] = ...) -> None: ...
+    batch_size: int
+    payload_limit: int
+    def __init__(self, prefix: _Optional[str] = ..., since_sequence: _Optional[int] = ..., transfer: _Optional[_Union[Transfer, str]] = ..., session_id: _Optional[str] = ..., store_id: _Optional[str] = ..., from_oldest: _Optional[bool] = ..., batch_size: _Optional[int] = ..., payload_limit: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("sequence", "type", "meta", "replaced_ids", "time")
@@ -659,9 +723,13 @@ class Event(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., meta: _Optional[_Union[ObjectMeta, _Mapping]] = ..., replaced_ids: _Optional[_Iterable[bytes]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("event", "handle")
+    __slots__ = ("event", "handle", "events", "payloads")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     event: Event
     handle: ShmHandle
-    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    payloads: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., handle: _Optional[_Union[ShmHandle, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...

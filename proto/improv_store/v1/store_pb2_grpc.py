@@ -120,6 +120,11 @@ class StoreServiceStub:
                 request_serializer=improv__store_dot_v1_dot_store__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=improv__store_dot_v1_dot_store__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/improv_store.v1.StoreService/Promote',
+                request_serializer=improv__store_dot_v1_dot_store__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=improv__store_dot_v1_dot_store__pb2.PromoteResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -260,6 +265,16 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Promote(self, request, context):
+        """Promote turns a follower (Info.replication) into a writable primary with a
+        new store_id, for when its primary is lost: it stops following, keeps
+        every object and event it applied, and its sequence goes on from there.
+        A store that is already a primary answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +362,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=improv__store_dot_v1_dot_store__pb2.SubscribeRequest.FromString,
                     response_serializer=improv__store_dot_v1_dot_store__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=improv__store_dot_v1_dot_store__pb2.PromoteRequest.FromString,
+                    response_serializer=improv__store_dot_v1_dot_store__pb2.PromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -809,6 +829,33 @@ class StoreService:
             '/improv_store.v1.StoreService/Subscribe',
             improv__store_dot_v1_dot_store__pb2.SubscribeRequest.SerializeToString,
             improv__store_dot_v1_dot_store__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/improv_store.v1.StoreService/Promote',
+            improv__store_dot_v1_dot_store__pb2.PromoteRequest.SerializeToString,
+            improv__store_dot_v1_dot_store__pb2.PromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,
