@@ -263,8 +263,9 @@ class ServerConfig:
     inline_limit: int = INLINE_LIMIT
     shm_min_size: int = 64 << 10
     shutdown_grace: float = 5.0
-    # Read from token_file when the config is built; never printed.
+    # Read from token_file and follow_token_file when the config is built; never printed.
     token: str = field(default="", init=False, repr=False, compare=False)
+    follow_token: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
@@ -294,6 +295,8 @@ class ServerConfig:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.token_file:
             object.__setattr__(self, "token", load_token(self.token_file))
+        if self.follow_token_file:
+            object.__setattr__(self, "follow_token", load_token(self.follow_token_file))
         if bool(self.follow_tls_cert) != bool(self.follow_tls_key):
             raise ValueError("--follow-tls-cert needs --follow-tls-key")
         if self.resync_rate < 0:

@@ -2,19 +2,19 @@
 another machine read its objects with zero copy, and a second copy of the data exists.
 
 The follower is a client of the primary's public RPCs. It subscribes from its
-last applied sequence, fetches the payload of each new object (in batches for
-small ones, a stream for large ones) and applies every event here under the
+last applied sequence in batches of events that carry payloads up to 1 MiB,
+fetches larger ones by stream, and applies every event here under the
 primary's IDs, sequence numbers and store ID, in the primary's order; its own
 subscribers therefore see the primary's history. A restarted follower resumes
-after the last change it committed.
+from the last change it committed, and checks that the primary still has it.
 
-When the history it needs is no longer retained by the primary, or the
-primary is another store than before, it resyncs: it lists the primary's
-objects, copies only those it lacks (at a bounded rate) and drops those the
-primary no longer has, then streams from the sequence the listing started at.
-If that history was trimmed meanwhile it repeats the listing, which then
-copies only what changed, so a primary under steady writes cannot make it
-start over from nothing.
+When the history it needs is no longer retained by the primary, the primary
+is another store than before or lost changes applied here, it resyncs: it
+subscribes from the primary's current sequence, lists the primary's objects,
+copies only those it lacks (at a bounded rate), drops those the primary no
+longer has, then applies the subscription's events. If the subscription
+broke meanwhile it repeats the listing, which then copies only what changed,
+so a primary under steady writes cannot make it start over from nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from improv_store.chunks import decode_chunk
 from improv_store.protocol import MAX_MESSAGE_SIZE, SERVICE_NAME, Code
 from improv_store.v1 import store_pb2 as pb
 
-from .access import load_token
 from .arena import Region
 from .config import ServerConfig
 from .errors import StoreError
@@ -48,7 +47,8 @@ _VERIFY_WITHIN = 3.0  # seconds for the primary to replay the last event applied
 _RETRY_FIRST, _RETRY_MOST = 0.1, 2.0  # seconds between attempts to reach the primary
 _BATCH_EVENTS = 512  # events applied per round
 _BATCH_BYTES = 8 << 20  # payload bytes fetched per round of events
-_SMALL_OBJECT = 1 << 20  # larger payloads come by GetStream, smaller ones by BatchGet
+# Payloads up to this come with their events (or by BatchGet), larger ones by GetStream.
+_SMALL_OBJECT = 1 << 20
 _BATCH_GET_BYTES = 3 << 20  # payload per BatchGet, within a 4 MiB response
 # Events and bytes read ahead of the applier; beyond, the primary buffers (a while).
 _READ_AHEAD_EVENTS = 200_000
@@ -100,7 +100,7 @@ class PrimaryLink:
             self._channel = grpc.secure_channel(target, credentials, options)
         else:
             self._channel = grpc.insecure_channel(target, options)
-        token = load_token(config.follow_token_file) if config.follow_token_file else ""
+        token = config.follow_token
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
         def method(name: str, response: type[Any], stream: bool = False) -> Callable[..., Any]:

@@ -511,6 +511,14 @@ def test_follower_of_nothing_reports_why(start_server: Start) -> None:
     assert "UNAVAILABLE" in state.last_error
 
 
-def test_bad_follow_options_fail_at_start(start_server: Start) -> None:
-    with pytest.raises(RuntimeError, match="follow-tls-key"):
-        start_server("--follow", "127.0.0.1:9", "--follow-tls-cert", "/nonexistent")
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--follow-tls-cert", "/nonexistent"), "follow-tls-key"),
+    (("--follow-token-file", "/nonexistent"), "cannot read the token file"),
+    (("--follow-tls-ca", "/nonexistent"), "cannot start.*nonexistent"),
+    (("--resync-rate", "-1"), "resync_rate"),
+])
+def test_bad_follow_options_fail_at_start(
+    start_server: Start, flags: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        start_server("--follow", "127.0.0.1:9", *flags)
