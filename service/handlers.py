@@ -540,7 +540,7 @@ class Handlers:
         if self._stats is not None:
             info.stats.MergeFrom(self._stats())
         if self._follower is not None:
-            info.replication.CopyFrom(self._follower.status())
+            info.replication.CopyFrom(self._follower.status(applied=info.last_sequence))
         else:
             info.replication.CopyFrom(self.store.primary_status())
         return info

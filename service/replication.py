@@ -198,11 +198,13 @@ class Follower:
         self._promoted = True
         return response
 
-    def status(self) -> pb.Replication:
-        """Info.replication: where the follower stands."""
+    def status(self, applied: int | None = None) -> pb.Replication:
+        """Info.replication: where the follower stands, having applied ``applied`` (by
+        default the store's last sequence now; Info passes the one it reports)."""
         if self._promoted:
             return self.store.primary_status()
-        applied = self.store.last_sequence
+        if applied is None:
+            applied = self.store.last_sequence
         primary = max(self._primary_sequence, applied)
         behind = self._behind_since
         lag_seconds = time.monotonic() - behind if behind is not None and primary > applied else 0

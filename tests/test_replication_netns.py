@@ -596,7 +596,8 @@ def test_follower_in_another_machine(
              fleet)
     save(cut_seconds_until_noticed=round(cut_seconds, 2),
          resync_seconds_after_mend=round(resync_seconds, 2))
-    assert follower.info().replication.state == pb.REPLICATION_STATE_STREAMING
+    wait_for(lambda: follower.info().replication.state == pb.REPLICATION_STATE_STREAMING,
+             "the follower streams again", fleet)
 
     # 4. Kill the primary: the follower serves reads, refuses writes; promoted, it writes.
     before = objects(follower)
