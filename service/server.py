@@ -47,10 +47,14 @@ class StoreServer:
             _clear_stale_socket(config.socket)
         self.metrics = StoreMetrics()
         self.store = Store(config, observe_commit=self.metrics.observe_commit)
-        # A follower's objects are deleted when its primary's are (docs/replication.md).
-        self.follower = Follower(self.store, config) if config.follow else None
+        try:
+            self.follower = Follower(self.store, config) if config.follow else None
+        except Exception:  # e.g. a --follow-tls-* file it cannot read
+            self.store.close()
+            raise
         self.metrics.watch(self.store.info, self.store.subscriber_lag,
                            self.follower.status if self.follower else None)
+        # A follower's objects are deleted when its primary's are (docs/replication.md).
         self.reaper: Reaper | None = None
         if (config.expire_after or config.max_stored_bytes) and not config.follow:
             self.reaper = Reaper(self.store, expire_after=config.expire_after,

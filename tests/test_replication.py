@@ -9,6 +9,8 @@ TLS and a token) is tests/test_replication_netns.py.
 
 from __future__ import annotations
 
+import glob
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +25,8 @@ from conftest import ServerProcess, free_port
 from test_access import Pki, pki  # noqa: F401  (the fixture)
 
 from improv_store.client import NotPrimaryError, StoreClient
-from improv_store.protocol import PRIMARY_TRAILER
+from improv_store.protocol import PRIMARY_TRAILER, SHM_DIR
+from improv_store.service.locality import store_prefix
 from improv_store.v1 import store_pb2 as pb
 from improv_store.v1 import store_pb2_grpc
 
@@ -518,7 +521,10 @@ def test_follower_of_nothing_reports_why(start_server: Start) -> None:
     (("--resync-rate", "-1"), "resync_rate"),
 ])
 def test_bad_follow_options_fail_at_start(
-    start_server: Start, flags: tuple[str, ...], message: str
+    start_server: Start, flags: tuple[str, ...], message: str, tmp_path: Any
 ) -> None:
+    """A clear error, and nothing left in /dev/shm."""
+    data_dir = str(tmp_path / "refused")
     with pytest.raises(RuntimeError, match=message):
-        start_server("--follow", "127.0.0.1:9", *flags)
+        start_server("--follow", "127.0.0.1:9", *flags, data_dir=data_dir)
+    assert not glob.glob(os.path.join(SHM_DIR, store_prefix(data_dir) + "*"))
